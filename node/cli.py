@@ -1,0 +1,64 @@
+"""The ``bcfl`` command line: a table of subcommands, each in its own module.
+
+Each subcommand lives in ``node/commands/<name>.py`` and exposes
+``main(argv: list[str]) -> int``; it parses its own arguments. Modules are
+imported only when their command runs, so ``bcfl --help`` stays fast and one
+broken optional dependency cannot take the whole CLI down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module under node.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the main job: a local testnet training a model on medical data"),
+    "init": ("init", "create a validator home directory (config.toml, key, data/)"),
+    "testnet": ("testnet", "write genesis and a home per validator for a local testnet"),
+    "start": ("start", "run a validator node from its home directory"),
+    "localnet": ("localnet", "up|status|down: run N validators on loopback"),
+    "status": ("status", "show a node's status through its API"),
+    "keys": ("keys", "show: print a home's public key and peer id"),
+    "tx": ("tx", "send: sign and submit a transaction"),
+    "reset": ("reset", "reset --unsafe: wipe a node's data, keep its key"),
+    "train": ("train", "train locally on a CSV and submit the model delta"),
+    "sim": ("sim", "run the deterministic PBFT simulator for one or many seeds"),
+    "robustness": ("robustness", "evaluate aggregation rules against attacks"),
+    "bench": ("bench", "benchmarks: consensus, core, transport, aggregation, round"),
+    "e2e": ("e2e", "fault-injection scenarios on real processes"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: bcfl <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run `bcfl <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"bcfl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name = f"node.commands.{COMMANDS[name][0]}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"bcfl: command {name!r} is not available in this build", file=sys.stderr)
+        return 2
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

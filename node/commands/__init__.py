@@ -1,0 +1,1 @@
+"""Subcommands of ``bcfl``; each module exposes ``main(argv) -> int``."""
