@@ -1,0 +1,134 @@
+"""Every key in the store, built here and nowhere else.
+
+Each area has a distinct prefix ``<letter>/``; no prefix is a prefix of
+another, so iterating one area never touches the next. Heights and sequence
+numbers are 8-byte big-endian so that byte order is numeric order.
+
+| key                                   | value                                       |
+|---------------------------------------|---------------------------------------------|
+| ``b/`` height(8)                      | encoded block                               |
+| ``c/`` height(8)                      | encoded commit certificate                  |
+| ``h/`` block hash(32)                 | height(8)                                   |
+| ``t/`` tx hash(32)                    | height(8) index(4)  (:func:`encode_tx_location`) |
+| ``s/`` state area(1) ``/`` id         | chain state entry (e.g. ``s/a/`` + account public key) |
+| ``m/latest_height``                   | height(8)                                   |
+| ``m/latest_state_root``               | 32-byte state root                          |
+| ``m/genesis_hash``                    | 32-byte genesis hash (refuse a different genesis) |
+| ``w/`` seq(8)                         | consensus write-ahead record (own votes)    |
+"""
+
+from __future__ import annotations
+
+import struct
+
+BLOCK_PREFIX = b"b/"
+CERTIFICATE_PREFIX = b"c/"
+BLOCK_HASH_PREFIX = b"h/"
+TX_PREFIX = b"t/"
+STATE_PREFIX = b"s/"
+ACCOUNT_PREFIX = STATE_PREFIX + b"a/"
+META_PREFIX = b"m/"
+WAL_PREFIX = b"w/"
+
+LATEST_HEIGHT_KEY = META_PREFIX + b"latest_height"
+LATEST_STATE_ROOT_KEY = META_PREFIX + b"latest_state_root"
+GENESIS_HASH_KEY = META_PREFIX + b"genesis_hash"
+
+ALL_PREFIXES = (
+    BLOCK_PREFIX,
+    CERTIFICATE_PREFIX,
+    BLOCK_HASH_PREFIX,
+    TX_PREFIX,
+    STATE_PREFIX,
+    META_PREFIX,
+    WAL_PREFIX,
+)
+assert len({p[:1] for p in ALL_PREFIXES}) == len(ALL_PREFIXES), "prefixes must not overlap"
+
+HASH_SIZE_BYTES = 32
+_BE64 = struct.Struct(">Q")
+_TX_LOCATION = struct.Struct(">QI")
+
+
+class SchemaError(ValueError):
+    """A key or stored value does not have the layout this schema defines."""
+
+
+def encode_height(height: int) -> bytes:
+    if not 0 <= height < 1 << 64:
+        raise SchemaError(f"height {height} is not a u64")
+    return _BE64.pack(height)
+
+
+def decode_height(value: bytes) -> int:
+    if len(value) != _BE64.size:
+        raise SchemaError(f"stored height must be 8 bytes, got {len(value)}")
+    height: int = _BE64.unpack(value)[0]
+    return height
+
+
+def _check_hash(what: str, value: bytes) -> None:
+    if len(value) != HASH_SIZE_BYTES:
+        raise SchemaError(f"{what} must be {HASH_SIZE_BYTES} bytes, got {len(value)}")
+
+
+def get_block_key(height: int) -> bytes:
+    return BLOCK_PREFIX + encode_height(height)
+
+
+def get_certificate_key(height: int) -> bytes:
+    return CERTIFICATE_PREFIX + encode_height(height)
+
+
+def get_block_hash_key(block_hash: bytes) -> bytes:
+    _check_hash("block hash", block_hash)
+    return BLOCK_HASH_PREFIX + block_hash
+
+
+def get_tx_key(tx_hash: bytes) -> bytes:
+    _check_hash("tx hash", tx_hash)
+    return TX_PREFIX + tx_hash
+
+
+def encode_tx_location(height: int, index: int) -> bytes:
+    if not 0 <= index < 1 << 32:
+        raise SchemaError(f"tx index {index} is not a u32")
+    encode_height(height)
+    return _TX_LOCATION.pack(height, index)
+
+
+def decode_tx_location(value: bytes) -> tuple[int, int]:
+    if len(value) != _TX_LOCATION.size:
+        raise SchemaError(f"stored tx location must be {_TX_LOCATION.size} bytes")
+    height, index = _TX_LOCATION.unpack(value)
+    return height, index
+
+
+def get_state_key(area: bytes, entry_id: bytes) -> bytes:
+    """A chain state entry: ``area`` is one byte naming the kind of entry."""
+    if len(area) != 1 or area == b"/":
+        raise SchemaError(f"state area must be one byte other than '/', got {area!r}")
+    return STATE_PREFIX + area + b"/" + entry_id
+
+
+def get_account_key(public_key: bytes) -> bytes:
+    if len(public_key) != 32:
+        raise SchemaError(f"account id must be a 32-byte public key, got {len(public_key)}")
+    return ACCOUNT_PREFIX + public_key
+
+
+def get_wal_key(seq: int) -> bytes:
+    """The write-ahead record number ``seq`` (monotonically increasing, from 0)."""
+    return WAL_PREFIX + encode_height(seq)
+
+
+def get_wal_seq(key: bytes) -> int:
+    if not key.startswith(WAL_PREFIX):
+        raise SchemaError(f"{key!r} is not a write-ahead key")
+    return decode_height(key[len(WAL_PREFIX) :])
+
+
+def get_height_of_block_key(key: bytes) -> int:
+    if not key.startswith(BLOCK_PREFIX):
+        raise SchemaError(f"{key!r} is not a block key")
+    return decode_height(key[len(BLOCK_PREFIX) :])
