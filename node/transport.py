@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 FRAME_HEADER = struct.Struct("<I")
 FRAME_SIZE_MAX_BYTES = 4 * 1024 * 1024
 READ_CHUNK_MAX_BYTES = 256 * 1024
+WRITE_BATCH_FRAMES_MAX = 256
+WRITE_BATCH_BYTES_MAX = 256 * 1024
 LOOPBACK_HOST = "127.0.0.1"
 
 
@@ -340,6 +342,18 @@ class Transport:
             return False
         return True
 
+    async def send_wait(
+        self, to_index: int, frame: bytes, traffic: TrafficClass = TrafficClass.CONSENSUS
+    ) -> None:
+        """Queue ``frame``, waiting for room: for producers that want backpressure, not drops."""
+        if to_index not in self.metrics:
+            raise TransportError(f"no peer validator with index {to_index}")
+        if len(frame) > self.config.frame_size_max_bytes:
+            self.metrics[to_index].drops[DROP_OVERSIZE_OUT] += 1
+            raise TransportError(f"frame of {len(frame)} bytes is over the limit")
+        item = _Outbound(bytes(frame), trio.current_time())
+        await self._outbound_send[(to_index, traffic)].send(item)
+
     def broadcast(self, frame: bytes, traffic: TrafficClass = TrafficClass.CONSENSUS) -> int:
         """Queue ``frame`` for every other validator; returns how many queues accepted it."""
         return sum(self.send(peer, frame, traffic) for peer in self.peer_indices)
@@ -406,7 +420,7 @@ class Transport:
     async def _keep_outbound_stream(self, peer: int, traffic: TrafficClass) -> None:
         """Dial, write queued frames, and redial after failures, with bounded backoff."""
         backoff_s = self.config.dial_backoff_initial_s
-        pending: list[_Outbound] = []  # at most one frame whose write failed
+        pending: list[_Outbound] = []  # frames whose write failed, to rewrite first
         rng = (
             self.config.fault.compute_link_rng(self.own_index, peer, traffic)
             if self.config.fault is not None
@@ -431,7 +445,7 @@ class Transport:
                 self._connected[(peer, traffic)] = False
                 with trio.CancelScope(shield=True):
                     await _reset_quietly(stream)
-            assert len(pending) <= 1
+            assert len(pending) <= WRITE_BATCH_FRAMES_MAX
             # Give libp2p a moment to notice a dead connection before redialling.
             await trio.sleep(backoff_s)
 
@@ -477,33 +491,40 @@ class Transport:
         pending: list[_Outbound],
         rng: random.Random | None,
     ) -> None:
-        """Write frames until the stream breaks; the failed frame stays in ``pending``."""
+        """Write frames until the stream breaks; frames of a failed write stay in ``pending``.
+
+        Without faults, frames already queued are coalesced into one write (one
+        Noise encryption and one Yamux frame per 64 KiB, not per frame), which
+        is what makes small consensus frames cheap.
+        """
         receive = self._outbound_receive[(peer, traffic)]
         metrics = self.metrics[peer]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_for_close, stream, nursery.cancel_scope)
             while True:
-                item = pending[0] if pending else await receive.receive()
                 if not pending:
-                    pending.append(item)
-                if rng is not None and not self._apply_fault(peer, item, rng, metrics):
-                    pending.clear()
-                    continue
-                if rng is not None:
-                    fault = self._get_fault(peer)
-                    await trio.sleep_until(item.queued_at + fault.delay_s)
+                    pending.append(await receive.receive())
+                    if rng is None:
+                        _take_ready(receive, pending)
+                    elif not self._apply_fault(peer, pending[0], rng, metrics):
+                        pending.clear()
+                        continue
+                    else:
+                        fault = self._get_fault(peer)
+                        await trio.sleep_until(pending[0].queued_at + fault.delay_s)
+                data = b"".join(encode_frame_header(item.frame) + item.frame for item in pending)
                 try:
-                    await stream.write(encode_frame_header(item.frame) + item.frame)
+                    await stream.write(data)
                 except Exception as exc:
-                    # The frame will be written again on the next stream: a duplicate
+                    # These frames are written again on the next stream: a duplicate
                     # at worst, which the layers above tolerate; never a silent loss.
                     self.stream_errors += 1
                     logger.debug("write to %d/%s failed: %r", peer, traffic.name, exc)
                     nursery.cancel_scope.cancel()
                     return
+                metrics.frames_sent += len(pending)
+                metrics.bytes_sent += sum(len(item.frame) for item in pending)
                 pending.clear()
-                metrics.frames_sent += 1
-                metrics.bytes_sent += len(item.frame)
 
     def _get_fault(self, peer: int) -> LinkFault:
         assert self.config.fault is not None
@@ -600,6 +621,18 @@ async def _watch_for_close(stream: INetStream, scope: trio.CancelScope) -> None:
     except Exception as exc:
         logger.debug("outbound stream closed: %r", exc)
     scope.cancel()
+
+
+def _take_ready(receive: trio.MemoryReceiveChannel[_Outbound], batch: list[_Outbound]) -> None:
+    """Move frames already queued into ``batch``, within the batch bounds."""
+    size = sum(len(item.frame) for item in batch)
+    while len(batch) < WRITE_BATCH_FRAMES_MAX and size < WRITE_BATCH_BYTES_MAX:
+        try:
+            item = receive.receive_nowait()
+        except trio.WouldBlock:
+            return
+        batch.append(item)
+        size += len(item.frame)
 
 
 async def _close_quietly(conn: INetConn) -> None:
