@@ -1,0 +1,280 @@
+"""The libp2p transport on real sockets on 127.0.0.1: mesh, refusal, limits, reconnects."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from node.keys import KeyPair
+from node.transport import (
+    DROP_FAULT_LOSS,
+    DROP_INBOUND_FULL,
+    DROP_OVERSIZE_IN,
+    DROP_OVERSIZE_OUT,
+    DROP_QUEUE_FULL,
+    PROTOCOL_IDS,
+    FaultConfig,
+    LinkFault,
+    TrafficClass,
+    Transport,
+    TransportConfig,
+    ValidatorAddress,
+    create_libp2p_host,
+    encode_frame_header,
+    get_multiaddr,
+)
+
+HOST = "127.0.0.1"
+STEP_TIMEOUT_S = 15.0
+
+
+def get_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def make_validator_set(n: int) -> tuple[list[KeyPair], list[ValidatorAddress]]:
+    keys = [KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(n)]
+    validators = [
+        ValidatorAddress(i, key.public_key, HOST, get_free_port()) for i, key in enumerate(keys)
+    ]
+    return keys, validators
+
+
+def make_transport(
+    keys: Sequence[KeyPair],
+    validators: Sequence[ValidatorAddress],
+    index: int,
+    config: TransportConfig | None = None,
+) -> Transport:
+    return Transport(keys[index], HOST, validators[index].port, validators, config)
+
+
+@asynccontextmanager
+async def running(*transports: Transport) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        for transport in transports:
+            await nursery.start(transport.run)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until_connected(transport: Transport, peers: Sequence[int]) -> None:
+    while set(transport.get_connected_peers()) != set(peers):
+        await trio.sleep(0.02)
+
+
+async def receive_n(transport: Transport, count: int, traffic: TrafficClass
+                    = TrafficClass.CONSENSUS) -> list[tuple[int, bytes]]:
+    return [await transport.inbound(traffic).receive() for _ in range(count)]
+
+
+def test_full_mesh_send_and_broadcast_carry_sender_indices() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(4)
+        transports = [make_transport(keys, validators, i) for i in range(4)]
+        async with running(*transports):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                for t in transports:
+                    assert t.broadcast(f"hello from {t.own_index}".encode()) == 3
+                for t in transports:
+                    got = sorted(await receive_n(t, 3))
+                    others = [i for i in range(4) if i != t.own_index]
+                    assert got == [(i, f"hello from {i}".encode()) for i in others]
+                # Point-to-point both ways, on both traffic classes, in order.
+                for i in range(5):
+                    assert transports[0].send(2, b"c%d" % i)
+                    assert transports[2].send(0, b"t%d" % i, TrafficClass.TRANSACTIONS)
+                assert await receive_n(transports[2], 5) == [(0, b"c%d" % i) for i in range(5)]
+                assert await receive_n(transports[0], 5, TrafficClass.TRANSACTIONS) == [
+                    (2, b"t%d" % i) for i in range(5)
+                ]
+                await wait_until_connected(transports[1], [0, 2, 3])
+            metrics = transports[0].get_metrics()
+            assert metrics["peers"]["2"]["frames_sent"] == 6
+            assert metrics["peers"]["2"]["frames_received"] == 6
+            assert sum(metrics["drops"].values()) == 0
+
+    trio.run(main)
+
+
+def test_large_frames_arrive_intact() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(2)
+        a, b = (make_transport(keys, validators, i) for i in range(2))
+        frames = [bytes([i]) * size for i, size in enumerate([0, 1, 65536, 1_000_003])]
+        async with running(a, b):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                for frame in frames:
+                    assert a.send(1, frame)
+                assert await receive_n(b, len(frames)) == [(0, f) for f in frames]
+
+    trio.run(main)
+
+
+def test_non_validator_peer_is_refused_and_counted() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(2)
+        a, b = (make_transport(keys, validators, i) for i in range(2))
+        stranger = create_libp2p_host(KeyPair.from_seed(b"\x99" * 32))
+        async with running(a, b), stranger.run([get_multiaddr(HOST, get_free_port())]):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                a_id = ID.from_base58(keys[0].peer_id)
+                frame = b"forged vote"
+                for _ in range(3):
+                    try:
+                        await stranger.connect(PeerInfo(a_id, [get_multiaddr(HOST, a.listen_port)]))
+                        stream = await stranger.new_stream(
+                            a_id, [PROTOCOL_IDS[TrafficClass.CONSENSUS]]
+                        )
+                        await stream.write(encode_frame_header(frame) + frame)
+                    except Exception:
+                        pass  # refused: exactly what we want
+                    await trio.sleep(0.1)
+                while a.refused_connections + a.refused_streams == 0:
+                    await trio.sleep(0.02)
+                # A genuine frame sent afterwards is the first thing delivered.
+                assert b.send(0, b"genuine")
+                assert await a.inbound().receive() == (1, b"genuine")
+                with pytest.raises(trio.WouldBlock):
+                    a.inbound().receive_nowait()
+            assert a.get_metrics()["refused_connections"] >= 1
+
+    trio.run(main)
+
+
+def test_oversize_frames_are_refused_and_counted_then_stream_recovers() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(2)
+        small = TransportConfig(frame_size_max_bytes=1024)
+        large = TransportConfig(frame_size_max_bytes=4096)
+        a = make_transport(keys, validators, 0, large)
+        b = make_transport(keys, validators, 1, small)
+        async with running(a, b):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                # Refused at the sender: over its own limit.
+                assert not a.send(1, b"x" * 5000)
+                assert a.metrics[1].drops[DROP_OVERSIZE_OUT] == 1
+                # Refused at the receiver: over its limit, stream reset.
+                assert a.send(1, b"y" * 2000)
+                while b.metrics[0].drops[DROP_OVERSIZE_IN] == 0:
+                    await trio.sleep(0.02)
+                # The sender redials and a frame within limits flows again.
+                assert a.send(1, b"ok")
+                assert await b.inbound().receive() == (0, b"ok")
+                assert b.metrics[0].frames_received == 1
+
+    trio.run(main)
+
+
+def test_outbound_queue_overflow_is_counted() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(2)
+        config = TransportConfig(
+            outbound_queue_frames={TrafficClass.CONSENSUS: 4, TrafficClass.TRANSACTIONS: 2}
+        )
+        a = make_transport(keys, validators, 0, config)  # peer 1 never starts
+        async with running(a):
+            accepted = [a.send(1, b"f%d" % i) for i in range(10)]
+            accepted_tx = [a.send(1, b"t", TrafficClass.TRANSACTIONS) for _ in range(5)]
+            assert accepted == [True] * 4 + [False] * 6
+            assert accepted_tx == [True] * 2 + [False] * 3
+            assert a.metrics[1].drops[DROP_QUEUE_FULL] == 9
+            assert a.get_metrics()["drops"][DROP_QUEUE_FULL] == 9
+
+    trio.run(main)
+
+
+def test_inbound_channel_overflow_is_counted() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(2)
+        config = TransportConfig(
+            inbound_queue_frames={TrafficClass.CONSENSUS: 3, TrafficClass.TRANSACTIONS: 3}
+        )
+        a = make_transport(keys, validators, 0)
+        b = make_transport(keys, validators, 1, config)
+        async with running(a, b):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                for i in range(10):
+                    assert a.send(1, b"%d" % i)
+                while b.metrics[0].frames_received < 10:
+                    await trio.sleep(0.02)
+            assert b.metrics[0].drops[DROP_INBOUND_FULL] == 7
+            assert await receive_n(b, 3) == [(0, b"0"), (0, b"1"), (0, b"2")]
+
+    trio.run(main)
+
+
+def test_restarted_peer_is_reconnected() -> None:
+    async def main() -> None:
+        keys, validators = make_validator_set(3)
+        a, c = make_transport(keys, validators, 0), make_transport(keys, validators, 2)
+        async with running(a, c):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                b = make_transport(keys, validators, 1)
+                async with running(b):
+                    assert a.send(1, b"before")
+                    assert await b.inbound().receive() == (0, b"before")
+                while 1 in a.get_connected_peers():
+                    await trio.sleep(0.02)
+                b_again = make_transport(keys, validators, 1)
+                async with running(b_again):
+                    assert a.send(1, b"after")
+                    assert c.send(1, b"from c")
+                    got = sorted(await receive_n(b_again, 2))
+                    assert got == [(0, b"after"), (2, b"from c")]
+                    assert b_again.send(0, b"back")
+                    assert await a.inbound().receive() == (1, b"back")
+            assert a.metrics[1].reconnects >= 1
+            assert a.get_metrics()["reconnects"] >= 1
+
+    trio.run(main)
+
+
+def test_fault_layer_loses_frames_deterministically_and_counts_them() -> None:
+    def run_once() -> list[bytes]:
+        received: list[bytes] = []
+
+        async def main() -> None:
+            keys, validators = make_validator_set(2)
+            fault = FaultConfig(seed=7, links={(0, 1): LinkFault(0.01, 0.5)})
+            a = make_transport(keys, validators, 0, TransportConfig(fault=fault))
+            b = make_transport(keys, validators, 1)
+            async with running(a, b):
+                with trio.fail_after(STEP_TIMEOUT_S):
+                    for i in range(40):
+                        assert a.send(1, b"%d" % i)
+                    lost = 0
+                    while a.metrics[1].frames_sent + lost < 40:
+                        await trio.sleep(0.02)
+                        lost = a.metrics[1].drops[DROP_FAULT_LOSS]
+                    for _ in range(a.metrics[1].frames_sent):
+                        received.append((await b.inbound().receive())[1])
+                    assert 0 < lost < 40
+                    assert len(received) == 40 - lost
+                    # The reverse link has no fault.
+                    assert b.send(0, b"clean")
+                    assert await a.inbound().receive() == (1, b"clean")
+
+        trio.run(main)
+        return received
+
+    assert run_once() == run_once()
+
+
+def test_transport_rejects_inconsistent_validator_sets() -> None:
+    keys, validators = make_validator_set(2)
+    outsider = KeyPair.from_seed(b"\x42" * 32)
+    with pytest.raises(Exception, match="own key"):
+        Transport(outsider, HOST, 1, validators)
+    duplicate = [validators[0], ValidatorAddress(1, keys[0].public_key, HOST, 2)]
+    with pytest.raises(Exception, match="share a public key"):
+        Transport(keys[0], HOST, 1, duplicate)
