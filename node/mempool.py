@@ -274,8 +274,11 @@ class Mempool:
 
     # --- eviction ----------------------------------------------------------------
 
-    def update(self, state: State, committed_tx_hashes: Sequence[bytes], now_ms: int) -> None:
-        """After a commit: drop committed txs, txs whose nonce the chain passed, expired txs."""
+    def update(
+        self, state: State, committed_tx_hashes: Sequence[bytes], now_ms: int | None = None
+    ) -> None:
+        """After a commit: drop committed txs, txs whose nonce the chain passed, and (given
+        ``now_ms``) expired txs."""
         for tx_hash in committed_tx_hashes:
             entry = self._by_hash.get(tx_hash)
             if entry is not None:
@@ -285,7 +288,8 @@ class Mempool:
             stale = [e for nonce, e in self._by_sender[sender].items() if nonce < account_nonce]
             for entry in stale:
                 self._remove(entry, EVICT_STALE)
-        self.evict_expired(now_ms)
+        if now_ms is not None:
+            self.evict_expired(now_ms)
 
     def evict_expired(self, now_ms: int) -> int:
         """Drop txs admitted ``ttl_ms`` or more ago; returns how many."""
