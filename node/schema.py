@@ -14,6 +14,7 @@ numbers are 8-byte big-endian so that byte order is numeric order.
 | ``m/latest_height``                   | height(8)                                   |
 | ``m/latest_state_root``               | 32-byte state root                          |
 | ``m/genesis_hash``                    | 32-byte genesis hash (refuse a different genesis) |
+| ``m/wal_next_seq``                    | seq(8): the next write-ahead number (never reused) |
 | ``w/`` seq(8)                         | consensus write-ahead record (own votes)    |
 """
 
@@ -33,6 +34,7 @@ WAL_PREFIX = b"w/"
 LATEST_HEIGHT_KEY = META_PREFIX + b"latest_height"
 LATEST_STATE_ROOT_KEY = META_PREFIX + b"latest_state_root"
 GENESIS_HASH_KEY = META_PREFIX + b"genesis_hash"
+WAL_NEXT_SEQ_KEY = META_PREFIX + b"wal_next_seq"
 
 ALL_PREFIXES = (
     BLOCK_PREFIX,

@@ -1,0 +1,689 @@
+"""The chain state and its pure, all-or-nothing state transition (consensus-specs style).
+
+State
+    A :class:`State` is an immutable value: the height and hash and time of the
+    last block, and ``entries``, a read-only map from *state keys* to encoded
+    values. A state key is exactly the store key of the entry
+    (``node.schema.get_state_key(area, id)``, e.g. ``s/a/<public key>`` for an
+    account), so a block's diff is written to the store as it is and
+    :meth:`ChainStore.load_state` rebuilds the state by one prefix scan. New
+    areas (learning tasks, rounds, models, reputation, privacy budget) are new
+    area bytes: they need no change here, only a tx processor that writes them.
+
+State root
+    :func:`compute_state_root` is the RFC 6962 Merkle root over one leaf per
+    entry, sorted by key: ``u32 len(key) || key || value``. The length prefix
+    makes a leaf's split into key and value unambiguous. Leaf hashes are
+    carried from parent to child state, so a block rehashes only the entries it
+    changed plus the inner nodes (a few ms for 10k accounts). Accounts whose
+    balance and nonce are both zero are never stored: absent and zero are one
+    state, so they have one root.
+
+Transactions
+    :func:`process_tx` checks the nonce (equal to the sender's account nonce,
+    then bumped), then dispatches on the body type through
+    :data:`TX_PROCESSORS`; another module adds a body type with
+    :func:`register_tx_processor` (and :func:`register_tx_cost` for what the
+    mempool should reserve against the sender's balance). A processor reads and
+    writes through a :class:`StateWriter` overlay and raises :class:`TxInvalid`
+    to refuse; the overlay's journal undoes a refused tx's writes.
+
+Blocks
+    :func:`apply_block` (validators) and :func:`build_block` (the proposer)
+    share :func:`_process_block_txs`: the validator raises
+    :class:`BlockInvalid` on the first bad tx; the builder drops it and goes
+    on. So a block the builder makes always validates, and the two can never
+    disagree on a post-state root. ``header.state_root`` commits to the state
+    AFTER the block.
+
+Signatures are checked once per validator: a :class:`SignatureCache` of tx
+hashes already verified (at mempool admission, or in an earlier proposal) is
+consulted first. The hash covers the signature and the signed bytes; the chain
+id is the node's own, so one cache serves one chain.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+
+from node import schema
+from node.codec import (
+    DEFAULT_LIMITS,
+    U64_LIMIT,
+    Block,
+    BlockHeader,
+    DecodeError,
+    Limits,
+    Transaction,
+    Transfer,
+    compute_tx_root,
+    decode_tx,
+    get_block_hash,
+    get_tx_hash,
+    verify_tx,
+)
+from node.crypto import EMPTY_MERKLE_ROOT, compute_merkle_leaf_hash, compute_merkle_node_hash
+from node.genesis import Genesis, get_genesis_hash
+
+SIGNATURE_CACHE_SIZE_MAX = 200_000
+
+# BlockInvalid / TxInvalid reason codes: stable strings the node logs and counts.
+REASON_CHAIN_ID = "chain_id"
+REASON_HEIGHT = "height"
+REASON_PARENT_HASH = "parent_hash"
+REASON_TX_ROOT = "tx_root"
+REASON_PROPOSER = "proposer_index"
+REASON_TIME = "time"
+REASON_TOO_LARGE = "too_large"
+REASON_DECODE = "decode"
+REASON_DUPLICATE_TX = "duplicate_tx"
+REASON_SIGNATURE = "signature"
+REASON_NONCE = "nonce"
+REASON_BALANCE = "balance"
+REASON_OVERFLOW = "overflow"
+REASON_UNSUPPORTED = "unsupported"
+REASON_STATE_ROOT = "state_root"
+
+
+class BlockInvalid(Exception):
+    """A block does not apply to the state; ``reason`` is one of the ``REASON_*`` codes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class TxInvalid(Exception):
+    """A transaction does not apply to the state it meets (its writes are undone)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+# --- accounts ------------------------------------------------------------------
+
+_ACCOUNT = struct.Struct("<QQ")
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Account:
+    balance: int = 0
+    nonce: int = 0
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.balance < U64_LIMIT, "balance out of u64"
+        assert 0 <= self.nonce < U64_LIMIT, "nonce out of u64"
+
+
+ZERO_ACCOUNT = Account()
+
+
+def encode_account(account: Account) -> bytes:
+    """``u64 balance || u64 nonce``, little-endian: 16 bytes."""
+    return _ACCOUNT.pack(account.balance, account.nonce)
+
+
+def decode_account(value: bytes) -> Account:
+    if len(value) != _ACCOUNT.size:
+        raise DecodeError(f"account: expected {_ACCOUNT.size} bytes, got {len(value)}")
+    balance, nonce = _ACCOUNT.unpack(value)
+    return Account(balance, nonce)
+
+
+# --- state ---------------------------------------------------------------------
+
+
+def compute_state_leaf(key: bytes, value: bytes) -> bytes:
+    return _U32.pack(len(key)) + key + value
+
+
+def compute_root_of_leaf_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
+    """``compute_merkle_root`` for leaves already hashed (same RFC 6962 tree)."""
+    if not leaf_hashes:
+        return EMPTY_MERKLE_ROOT
+    level = list(leaf_hashes)
+    while len(level) > 1:
+        pairs = len(level) // 2
+        next_level = [
+            compute_merkle_node_hash(level[2 * i], level[2 * i + 1]) for i in range(pairs)
+        ]
+        if len(level) % 2 == 1:
+            next_level.append(level[-1])
+        level = next_level
+    return level[0]
+
+
+@dataclass(frozen=True, eq=False)
+class State:
+    """The chain state after block ``height`` (0: genesis). Never mutated; build a new one.
+
+    ``entries`` maps state keys (see the module docstring) to encoded values.
+    Use :func:`make_state` or :func:`apply_diff`; they keep ``_leaf_hashes`` in step.
+    """
+
+    height: int
+    last_block_hash: bytes
+    last_block_time_ms: int
+    entries: Mapping[bytes, bytes]
+    _leaf_hashes: Mapping[bytes, bytes] = field(repr=False)
+
+    @cached_property
+    def state_root(self) -> bytes:
+        ordered = [self._leaf_hashes[key] for key in sorted(self._leaf_hashes)]
+        return compute_root_of_leaf_hashes(ordered)
+
+
+def make_state(
+    height: int, last_block_hash: bytes, last_block_time_ms: int, entries: Mapping[bytes, bytes]
+) -> State:
+    """A state from scratch (genesis, or a load from the store): hashes every leaf."""
+    for key in entries:
+        assert key.startswith(schema.STATE_PREFIX), f"{key!r} is not a state key"
+    copied = dict(entries)
+    leaf_hashes = {k: compute_merkle_leaf_hash(compute_state_leaf(k, v)) for k, v in copied.items()}
+    return State(
+        height,
+        last_block_hash,
+        last_block_time_ms,
+        MappingProxyType(copied),
+        MappingProxyType(leaf_hashes),
+    )
+
+
+Diff = Mapping[bytes, bytes | None]  # state key -> new encoded value, or None: deleted
+
+
+def apply_diff(state: State, diff: Diff, header: BlockHeader, block_hash: bytes) -> State:
+    """The state after ``header``'s block, whose txs changed ``diff`` (rehashes only those)."""
+    entries = dict(state.entries)
+    leaf_hashes = dict(state._leaf_hashes)
+    for key, value in diff.items():
+        if value is None:
+            entries.pop(key, None)
+            leaf_hashes.pop(key, None)
+        else:
+            entries[key] = value
+            leaf_hashes[key] = compute_merkle_leaf_hash(compute_state_leaf(key, value))
+    return State(
+        header.height,
+        block_hash,
+        header.time_ms,
+        MappingProxyType(entries),
+        MappingProxyType(leaf_hashes),
+    )
+
+
+def compute_state_root(state: State) -> bytes:
+    return state.state_root
+
+
+def get_account(state: State, public_key: bytes) -> Account:
+    value = state.entries.get(schema.get_account_key(public_key))
+    return ZERO_ACCOUNT if value is None else decode_account(value)
+
+
+def get_total_supply(state: State) -> int:
+    total = 0
+    for key, value in state.entries.items():
+        if key.startswith(schema.ACCOUNT_PREFIX):
+            total += decode_account(value).balance
+    return total
+
+
+def get_genesis_state(genesis: Genesis) -> State:
+    """Height 0: the genesis balances; the "last block" is the genesis document itself."""
+    entries = {
+        schema.get_account_key(public_key): encode_account(Account(amount, 0))
+        for public_key, amount in genesis.balances
+        if amount > 0
+    }
+    return make_state(0, get_genesis_hash(genesis), genesis.genesis_time_ms, entries)
+
+
+# --- the overlay processors write through ---------------------------------------
+
+_ABSENT = object()
+
+
+class StateWriter:
+    """Reads fall through to the base state; writes stay here, journaled so a tx can be undone."""
+
+    def __init__(self, base: Mapping[bytes, bytes]) -> None:
+        self._base = base
+        self._writes: dict[bytes, bytes | None] = {}
+        self._journal: list[tuple[bytes, object]] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
+        return self._base.get(key)
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        """Set (or, with None, delete) the entry at ``key``."""
+        assert key.startswith(schema.STATE_PREFIX), f"{key!r} is not a state key"
+        self._journal.append((key, self._writes.get(key, _ABSENT)))
+        self._writes[key] = value
+
+    def get_account(self, public_key: bytes) -> Account:
+        value = self.get(schema.get_account_key(public_key))
+        return ZERO_ACCOUNT if value is None else decode_account(value)
+
+    def put_account(self, public_key: bytes, account: Account) -> None:
+        key = schema.get_account_key(public_key)
+        self.put(key, None if account == ZERO_ACCOUNT else encode_account(account))
+
+    def get_mark(self) -> int:
+        return len(self._journal)
+
+    def rollback(self, mark: int) -> None:
+        """Undo every write made since :meth:`get_mark` returned ``mark``."""
+        assert 0 <= mark <= len(self._journal)
+        while len(self._journal) > mark:
+            key, previous = self._journal.pop()
+            if previous is _ABSENT:
+                del self._writes[key]
+            else:
+                self._writes[key] = previous  # type: ignore[assignment]
+
+    def get_diff(self) -> dict[bytes, bytes | None]:
+        """Net changes against the base (writes that restore the base value are left out)."""
+        diff: dict[bytes, bytes | None] = {}
+        for key, value in self._writes.items():
+            if self._base.get(key) != value:
+                diff[key] = value
+        return diff
+
+
+# --- transaction processing ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TxContext:
+    """What a processor may know besides the state: the block it is in."""
+
+    chain_id: str
+    height: int
+    time_ms: int
+    proposer_index: int
+
+
+TxProcessor = Callable[[StateWriter, Transaction, TxContext], None]
+TxCost = Callable[[Transaction], int]
+
+TX_PROCESSORS: dict[type, TxProcessor] = {}
+TX_COSTS: dict[type, TxCost] = {}
+
+
+def register_tx_processor(
+    body_type: type, processor: TxProcessor, cost: TxCost | None = None
+) -> None:
+    """Make ``body_type`` (already registered with ``codec.register_tx_body``) processable.
+
+    ``cost`` is the most the tx can debit from its sender (the mempool reserves it).
+    """
+    if body_type in TX_PROCESSORS:
+        raise ValueError(f"a processor for {body_type.__name__} is already registered")
+    TX_PROCESSORS[body_type] = processor
+    if cost is not None:
+        TX_COSTS[body_type] = cost
+
+
+def get_tx_cost(tx: Transaction) -> int:
+    cost = TX_COSTS.get(type(tx.body))
+    return 0 if cost is None else cost(tx)
+
+
+def process_transfer(writer: StateWriter, tx: Transaction, context: TxContext) -> None:
+    body = tx.body
+    assert isinstance(body, Transfer)
+    sender = writer.get_account(tx.sender)
+    if body.amount > sender.balance:
+        raise TxInvalid(
+            REASON_BALANCE,
+            f"sender {tx.sender.hex()[:16]} has {sender.balance}, transfer needs {body.amount}",
+        )
+    writer.put_account(tx.sender, Account(sender.balance - body.amount, sender.nonce))
+    # Read the recipient after the debit: a transfer to oneself must net to zero.
+    recipient = writer.get_account(body.recipient)
+    credited = recipient.balance + body.amount
+    if credited >= U64_LIMIT:
+        raise TxInvalid(REASON_OVERFLOW, f"recipient balance would reach {credited} (>= 2**64)")
+    writer.put_account(body.recipient, Account(credited, recipient.nonce))
+
+
+def _get_transfer_cost(tx: Transaction) -> int:
+    assert isinstance(tx.body, Transfer)
+    return tx.body.amount
+
+
+register_tx_processor(Transfer, process_transfer, _get_transfer_cost)
+
+
+def process_tx(writer: StateWriter, tx: Transaction, context: TxContext) -> None:
+    """Check and bump the sender's nonce, then run the body's processor (all or nothing)."""
+    processor = TX_PROCESSORS.get(type(tx.body))
+    if processor is None:
+        raise TxInvalid(REASON_UNSUPPORTED, f"no processor for {type(tx.body).__name__} txs")
+    mark = writer.get_mark()
+    try:
+        account = writer.get_account(tx.sender)
+        if tx.nonce != account.nonce:
+            raise TxInvalid(
+                REASON_NONCE, f"nonce {tx.nonce}, sender's account expects {account.nonce}"
+            )
+        if account.nonce + 1 >= U64_LIMIT:
+            raise TxInvalid(REASON_OVERFLOW, "sender nonce would overflow u64")
+        writer.put_account(tx.sender, Account(account.balance, account.nonce + 1))
+        processor(writer, tx, context)
+    except TxInvalid:
+        writer.rollback(mark)
+        raise
+
+
+class SignatureCache:
+    """Bounded set of tx hashes whose signatures verified (FIFO eviction)."""
+
+    def __init__(self, size_max: int = SIGNATURE_CACHE_SIZE_MAX) -> None:
+        assert size_max > 0
+        self.size_max = size_max
+        self._hashes: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, tx_hash: object) -> bool:
+        return tx_hash in self._hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add(self, tx_hash: bytes) -> None:
+        if tx_hash in self._hashes:
+            return
+        self._hashes[tx_hash] = None
+        while len(self._hashes) > self.size_max:
+            self._hashes.popitem(last=False)
+
+
+def verify_tx_signature(
+    chain_id: str, tx: Transaction, tx_hash: bytes, cache: SignatureCache | None
+) -> bool:
+    """True iff the signature is valid; consults and fills ``cache`` so each tx is verified once."""
+    if cache is not None and tx_hash in cache:
+        return True
+    if not verify_tx(chain_id, tx):
+        return False
+    if cache is not None:
+        cache.add(tx_hash)
+    return True
+
+
+# --- blocks --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainContext:
+    """What block checks need besides the state: fixed for the life of the chain."""
+
+    chain_id: str
+    validator_count: int
+    limits: Limits = DEFAULT_LIMITS
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis, limits: Limits = DEFAULT_LIMITS) -> ChainContext:
+        return cls(genesis.chain_id, genesis.n, limits)
+
+
+@dataclass(frozen=True)
+class AppliedBlock:
+    """The outcome of a block: the post-state, the entries it changed, its txs' hashes."""
+
+    state: State
+    diff: Mapping[bytes, bytes | None]
+    block_hash: bytes
+    tx_hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class BuiltBlock:
+    """A block the proposer made, the outcome of applying it, and the txs it left out."""
+
+    block: Block
+    applied: AppliedBlock
+    dropped: tuple[tuple[bytes, str], ...]  # (tx bytes, reason)
+
+
+def _check_tx(
+    tx_bytes: bytes,
+    seen: set[bytes],
+    context: ChainContext,
+    cache: SignatureCache | None,
+) -> tuple[Transaction, bytes]:
+    """Decode, dedup and verify one tx (everything that does not depend on the state)."""
+    if type(tx_bytes) is not bytes:
+        raise TxInvalid(REASON_DECODE, f"expected bytes, got {type(tx_bytes).__name__}")
+    tx_hash = get_tx_hash(tx_bytes)
+    if tx_hash in seen:
+        raise TxInvalid(REASON_DUPLICATE_TX, f"tx {tx_hash.hex()[:16]} appears twice")
+    try:
+        tx = decode_tx(tx_bytes, context.limits)
+    except DecodeError as exc:
+        raise TxInvalid(REASON_DECODE, str(exc)) from None
+    if not verify_tx_signature(context.chain_id, tx, tx_hash, cache):
+        raise TxInvalid(REASON_SIGNATURE, f"tx {tx_hash.hex()[:16]}: signature does not verify")
+    return tx, tx_hash
+
+
+def _process_block_txs(
+    writer: StateWriter,
+    txs: Iterable[bytes],
+    context: ChainContext,
+    tx_context: TxContext,
+    cache: SignatureCache | None,
+    strict: bool,
+) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
+    """The one tx loop. ``strict`` (validator): raise on a bad tx; else (builder) drop it."""
+    kept: list[bytes] = []
+    hashes: list[bytes] = []
+    dropped: list[tuple[bytes, str]] = []
+    seen: set[bytes] = set()
+    size_bytes = 0
+    for index, tx_bytes in enumerate(txs):
+        try:
+            if len(kept) >= context.limits.block_txs_max:
+                raise TxInvalid(REASON_TOO_LARGE, f"over {context.limits.block_txs_max} txs")
+            # Headroom for the header and length prefixes inside the block size limit.
+            size_bytes += 4 + len(tx_bytes)
+            if size_bytes + 1024 > context.limits.block_size_max_bytes:
+                size_bytes -= 4 + len(tx_bytes)
+                raise TxInvalid(REASON_TOO_LARGE, "block would exceed its size limit")
+            tx, tx_hash = _check_tx(tx_bytes, seen, context, cache)
+            process_tx(writer, tx, tx_context)
+        except TxInvalid as exc:
+            if strict:
+                raise BlockInvalid(exc.reason, f"txs[{index}]: {exc.message}") from None
+            dropped.append((tx_bytes, exc.reason))
+            continue
+        seen.add(tx_hash)
+        kept.append(tx_bytes)
+        hashes.append(tx_hash)
+    return kept, hashes, dropped
+
+
+def verify_block_header(state: State, header: BlockHeader, context: ChainContext) -> None:
+    """The checks on the header alone against the pre-state (raises BlockInvalid)."""
+    if header.chain_id != context.chain_id:
+        raise BlockInvalid(
+            REASON_CHAIN_ID, f"block is for chain {header.chain_id!r}, not {context.chain_id!r}"
+        )
+    if header.height != state.height + 1:
+        raise BlockInvalid(REASON_HEIGHT, f"height {header.height}, expected {state.height + 1}")
+    if header.parent_hash != state.last_block_hash:
+        raise BlockInvalid(
+            REASON_PARENT_HASH,
+            f"parent {header.parent_hash.hex()[:16]}, last block is "
+            f"{state.last_block_hash.hex()[:16]}",
+        )
+    if not 0 <= header.proposer_index < context.validator_count:
+        raise BlockInvalid(
+            REASON_PROPOSER,
+            f"proposer index {header.proposer_index} not below {context.validator_count}",
+        )
+    if header.time_ms < state.last_block_time_ms:
+        raise BlockInvalid(
+            REASON_TIME,
+            f"time {header.time_ms} ms is before the parent's {state.last_block_time_ms}",
+        )
+
+
+def _get_tx_context(header: BlockHeader) -> TxContext:
+    return TxContext(header.chain_id, header.height, header.time_ms, header.proposer_index)
+
+
+def apply_block(
+    state: State, block: Block, context: ChainContext, cache: SignatureCache | None = None
+) -> AppliedBlock:
+    """Check ``block`` against ``state`` and return the post-state; BlockInvalid on any fault.
+
+    Pure: ``state`` is never changed (it cannot be). ``cache`` lets signatures
+    already verified be skipped, and receives the ones verified here.
+    """
+    header = block.header
+    verify_block_header(state, header, context)
+    if len(block.txs) > context.limits.block_txs_max:
+        raise BlockInvalid(
+            REASON_TOO_LARGE, f"{len(block.txs)} txs, maximum {context.limits.block_txs_max}"
+        )
+    if compute_tx_root(block.txs) != header.tx_root:
+        raise BlockInvalid(REASON_TX_ROOT, "tx_root does not match the block's transactions")
+    writer = StateWriter(state.entries)
+    _, hashes, _ = _process_block_txs(
+        writer, block.txs, context, _get_tx_context(header), cache, strict=True
+    )
+    diff = writer.get_diff()
+    block_hash = get_block_hash(header)
+    new_state = apply_diff(state, diff, header, block_hash)
+    if new_state.state_root != header.state_root:
+        raise BlockInvalid(
+            REASON_STATE_ROOT,
+            f"header state_root {header.state_root.hex()[:16]}, computed "
+            f"{new_state.state_root.hex()[:16]}",
+        )
+    return AppliedBlock(new_state, MappingProxyType(diff), block_hash, tuple(hashes))
+
+
+def build_block(
+    state: State,
+    txs: Iterable[bytes],
+    context: ChainContext,
+    proposer_index: int,
+    view: int,
+    time_ms: int,
+    cache: SignatureCache | None = None,
+) -> BuiltBlock:
+    """The proposer's block on ``state``: the txs that apply in order, both roots filled in.
+
+    ``time_ms`` is raised to the parent's time if the proposer's clock is behind.
+    """
+    time_ms = max(time_ms, state.last_block_time_ms)
+    height = state.height + 1
+    tx_context = TxContext(context.chain_id, height, time_ms, proposer_index)
+    writer = StateWriter(state.entries)
+    kept, hashes, dropped = _process_block_txs(
+        writer, txs, context, tx_context, cache, strict=False
+    )
+    diff = writer.get_diff()
+    partial = BlockHeader(
+        chain_id=context.chain_id,
+        height=height,
+        view=view,
+        parent_hash=state.last_block_hash,
+        tx_root=compute_tx_root(kept),
+        state_root=b"\x00" * 32,
+        proposer_index=proposer_index,
+        time_ms=time_ms,
+    )
+    verify_block_header(state, partial, context)
+    new_state = apply_diff(state, diff, partial, b"\x00" * 32)
+    header = BlockHeader(
+        chain_id=partial.chain_id,
+        height=height,
+        view=view,
+        parent_hash=partial.parent_hash,
+        tx_root=partial.tx_root,
+        state_root=new_state.state_root,
+        proposer_index=proposer_index,
+        time_ms=time_ms,
+    )
+    block_hash = get_block_hash(header)
+    final_state = State(
+        height,
+        block_hash,
+        time_ms,
+        new_state.entries,
+        new_state._leaf_hashes,
+    )
+    applied = AppliedBlock(final_state, MappingProxyType(diff), block_hash, tuple(hashes))
+    return BuiltBlock(Block(header, tuple(kept)), applied, tuple(dropped))
+
+
+class BlockBuilder:
+    """Trial-apply txs one at a time on a state (the mempool's reap uses it)."""
+
+    def __init__(
+        self, state: State, context: ChainContext, cache: SignatureCache | None = None
+    ) -> None:
+        self._writer = StateWriter(state.entries)
+        self._context = context
+        self._cache = cache
+        self._tx_context = TxContext(
+            context.chain_id, state.height + 1, state.last_block_time_ms, 0
+        )
+
+    def try_add(self, tx: Transaction, tx_hash: bytes) -> str | None:
+        """Apply ``tx`` (already decoded) if it applies; return None, or the reason it does not."""
+        if not verify_tx_signature(self._context.chain_id, tx, tx_hash, self._cache):
+            return REASON_SIGNATURE
+        try:
+            process_tx(self._writer, tx, self._tx_context)
+        except TxInvalid as exc:
+            return exc.reason
+        return None
+
+
+__all__ = [
+    "Account",
+    "AppliedBlock",
+    "BlockBuilder",
+    "BlockInvalid",
+    "BuiltBlock",
+    "ChainContext",
+    "State",
+    "StateWriter",
+    "SignatureCache",
+    "TX_PROCESSORS",
+    "TxContext",
+    "TxInvalid",
+    "apply_block",
+    "apply_diff",
+    "build_block",
+    "compute_state_root",
+    "decode_account",
+    "encode_account",
+    "get_account",
+    "get_genesis_state",
+    "get_total_supply",
+    "get_tx_cost",
+    "make_state",
+    "process_transfer",
+    "process_tx",
+    "register_tx_processor",
+    "verify_block_header",
+    "verify_tx_signature",
+]

@@ -1,0 +1,396 @@
+"""The mempool: admission, dedup, per-sender nonce queues, bounds, TTL, reap and batch relay.
+
+Admission (:meth:`Mempool.admit`) runs the cheap checks first and the
+signature (~50 µs, the node's throughput bottleneck) last, so junk costs
+little: size, decode, duplicate hash, nonce window, duplicate (sender, nonce),
+balance reserve, pool bounds, then the signature through the shared
+:class:`~node.ledger.SignatureCache`, so a tx verified here is never verified
+again when it comes back in a block. The mempool never reads the clock:
+``now_ms`` is passed in.
+
+Each sender has a queue of pending txs keyed by nonce. A tx is admitted when
+its nonce is in ``[account nonce, account nonce + nonce_gap_max]`` and no
+pending tx has that nonce (a replacement is refused as ``duplicate_nonce``:
+simple, and a client cannot churn the pool). Its cost (what it may debit) plus
+the costs of the sender's pending txs must fit the account balance.
+
+:meth:`Mempool.reap` hands out txs for the next block: senders in order of
+their oldest pending tx (ties by key), one tx per sender per round, each
+trial-applied with the ledger's own :class:`~node.ledger.BlockBuilder`, so what
+it returns applies in sequence. After a commit, :meth:`Mempool.update` drops
+committed and stale txs; :meth:`Mempool.evict_expired` drops those older than
+the TTL.
+
+Txs from a local client are queued for relay to the other validators;
+:meth:`Mempool.take_relay_batch` takes a bounded batch, framed by
+:func:`encode_tx_batch`. Txs that came from a peer are not relayed again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from node.codec import (
+    DEFAULT_LIMITS,
+    VERSION_1,
+    DecodeError,
+    Limits,
+    Reader,
+    Transaction,
+    _as_input,
+    _decoder,
+    decode_tx,
+    get_tx_hash,
+)
+from node.ledger import (
+    TX_PROCESSORS,
+    BlockBuilder,
+    ChainContext,
+    SignatureCache,
+    State,
+    get_account,
+    get_tx_cost,
+    verify_tx_signature,
+)
+
+KIND_TX_BATCH = 0x07  # next to the codec's top-level kinds (0x01..0x06)
+TX_BATCH_COUNT_MAX = 10_000
+
+SOURCE_LOCAL = "local"  # from this node's API: relayed to the other validators
+SOURCE_PEER = "peer"  # from a validator's relay batch: not relayed again
+
+REJECT_DECODE = "decode"
+REJECT_OVERSIZE = "oversize"
+REJECT_SIGNATURE = "bad_signature"
+REJECT_NONCE_TOO_LOW = "nonce_too_low"
+REJECT_NONCE_GAP = "nonce_too_far_ahead"
+REJECT_DUPLICATE_NONCE = "duplicate_nonce"
+REJECT_BALANCE = "insufficient_balance"
+REJECT_UNSUPPORTED = "unsupported"
+REJECT_FULL = "full"  # the API answers 503: try again later
+
+EVICT_COMMITTED = "committed"
+EVICT_STALE = "stale_nonce"
+EVICT_EXPIRED = "expired"
+
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class MempoolConfig:
+    tx_count_max: int = 50_000
+    size_max_bytes: int = 64 * 1024 * 1024
+    nonce_gap_max: int = 64  # also bounds one sender's pending txs to nonce_gap_max + 1
+    ttl_ms: int = 120_000
+    signature_cache_size_max: int = 200_000
+
+    def __post_init__(self) -> None:
+        assert self.tx_count_max > 0 and self.size_max_bytes > 0
+        assert self.nonce_gap_max >= 0 and self.ttl_ms > 0
+
+
+@dataclass(frozen=True)
+class AdmitResult:
+    """``tx_hash`` is set unless rejected; ``duplicate`` means the pool already had it."""
+
+    tx_hash: bytes | None
+    reason: str | None = None
+    message: str = ""
+    duplicate: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass
+class _Entry:
+    tx: Transaction
+    tx_bytes: bytes
+    tx_hash: bytes
+    cost: int
+    admitted_ms: int
+    seq: int  # admission order: decides sender order in reap
+
+
+@dataclass
+class MempoolMetrics:
+    admitted: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    evicted: dict[str, int] = field(default_factory=dict)
+
+
+class Mempool:
+    def __init__(
+        self,
+        chain_id: str,
+        limits: Limits = DEFAULT_LIMITS,
+        config: MempoolConfig | None = None,
+        validator_count: int = 4,
+        signature_cache: SignatureCache | None = None,
+    ) -> None:
+        self.config = config or MempoolConfig()
+        self.limits = limits
+        self.context = ChainContext(chain_id, validator_count, limits)
+        self.signature_cache = signature_cache or SignatureCache(
+            self.config.signature_cache_size_max
+        )
+        self.metrics = MempoolMetrics()
+        self._by_hash: OrderedDict[bytes, _Entry] = OrderedDict()  # admission order (TTL)
+        self._by_sender: dict[bytes, dict[int, _Entry]] = {}
+        self._reserved: dict[bytes, int] = {}  # sender -> sum of pending costs
+        self._relay: deque[bytes] = deque()  # hashes of local txs not yet relayed
+        self._size_bytes = 0
+        self._seq = 0
+
+    # --- queries -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def __contains__(self, tx_hash: object) -> bool:
+        return tx_hash in self._by_hash
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size_bytes
+
+    def get_pending_nonces(self, sender: bytes) -> list[int]:
+        return sorted(self._by_sender.get(sender, {}))
+
+    def get_metrics(self) -> dict[str, int]:
+        out = {
+            "mempool_size": len(self._by_hash),
+            "mempool_bytes": self._size_bytes,
+            "mempool_admitted": self.metrics.admitted,
+            "mempool_duplicates": self.metrics.duplicates,
+            "mempool_relay_queue": len(self._relay),
+        }
+        for reason, count in sorted(self.metrics.rejected.items()):
+            out[f"mempool_rejected_{reason}"] = count
+        for reason, count in sorted(self.metrics.evicted.items()):
+            out[f"mempool_evicted_{reason}"] = count
+        return out
+
+    # --- admission ---------------------------------------------------------------
+
+    def _reject(self, reason: str, message: str) -> AdmitResult:
+        self.metrics.rejected[reason] = self.metrics.rejected.get(reason, 0) + 1
+        return AdmitResult(None, reason, message)
+
+    def admit(self, tx_bytes: bytes, state: State, now_ms: int, source: str) -> AdmitResult:
+        """Check a tx against ``state`` and the pending txs; keep it, or say why not."""
+        assert source in (SOURCE_LOCAL, SOURCE_PEER)
+        if type(tx_bytes) is not bytes:
+            return self._reject(REJECT_DECODE, f"expected bytes, got {type(tx_bytes).__name__}")
+        if len(tx_bytes) > self.limits.tx_size_max_bytes:
+            return self._reject(
+                REJECT_OVERSIZE,
+                f"{len(tx_bytes)} bytes exceeds maximum {self.limits.tx_size_max_bytes}",
+            )
+        try:
+            tx = decode_tx(tx_bytes, self.limits)
+        except DecodeError as exc:
+            return self._reject(REJECT_DECODE, str(exc))
+        tx_hash = get_tx_hash(tx_bytes)
+        if tx_hash in self._by_hash:
+            self.metrics.duplicates += 1
+            return AdmitResult(tx_hash, None, "already pending", duplicate=True)
+        if type(tx.body) not in TX_PROCESSORS:
+            return self._reject(
+                REJECT_UNSUPPORTED, f"{type(tx.body).__name__} txs are not accepted"
+            )
+        account = get_account(state, tx.sender)
+        if tx.nonce < account.nonce:
+            return self._reject(
+                REJECT_NONCE_TOO_LOW, f"nonce {tx.nonce} is below the account nonce {account.nonce}"
+            )
+        if tx.nonce > account.nonce + self.config.nonce_gap_max:
+            return self._reject(
+                REJECT_NONCE_GAP,
+                f"nonce {tx.nonce} is more than {self.config.nonce_gap_max} ahead of the "
+                f"account nonce {account.nonce}",
+            )
+        queue = self._by_sender.get(tx.sender)
+        if queue is not None and tx.nonce in queue:
+            return self._reject(
+                REJECT_DUPLICATE_NONCE,
+                f"a different tx with nonce {tx.nonce} from this sender is already pending",
+            )
+        cost = get_tx_cost(tx)
+        reserved = self._reserved.get(tx.sender, 0)
+        if cost + reserved > account.balance:
+            return self._reject(
+                REJECT_BALANCE,
+                f"balance {account.balance}, pending txs reserve {reserved}, this tx needs {cost}",
+            )
+        if (
+            len(self._by_hash) >= self.config.tx_count_max
+            or self._size_bytes + len(tx_bytes) > self.config.size_max_bytes
+        ):
+            return self._reject(
+                REJECT_FULL,
+                f"mempool full ({len(self._by_hash)} txs, {self._size_bytes} bytes); retry later",
+            )
+        if not verify_tx_signature(self.context.chain_id, tx, tx_hash, self.signature_cache):
+            return self._reject(
+                REJECT_SIGNATURE,
+                "signature does not verify (wrong key, or signed for another chain)",
+            )
+        self._insert(_Entry(tx, tx_bytes, tx_hash, cost, now_ms, self._seq))
+        self._seq += 1
+        if source == SOURCE_LOCAL:
+            self._relay.append(tx_hash)
+        self.metrics.admitted += 1
+        return AdmitResult(tx_hash)
+
+    def _insert(self, entry: _Entry) -> None:
+        sender = entry.tx.sender
+        self._by_hash[entry.tx_hash] = entry
+        self._by_sender.setdefault(sender, {})[entry.tx.nonce] = entry
+        self._reserved[sender] = self._reserved.get(sender, 0) + entry.cost
+        self._size_bytes += len(entry.tx_bytes)
+
+    def _remove(self, entry: _Entry, reason: str) -> None:
+        sender = entry.tx.sender
+        del self._by_hash[entry.tx_hash]
+        queue = self._by_sender[sender]
+        del queue[entry.tx.nonce]
+        if not queue:
+            del self._by_sender[sender]
+        reserved = self._reserved[sender] - entry.cost
+        assert reserved >= 0
+        if reserved == 0 and sender not in self._by_sender:
+            del self._reserved[sender]
+        else:
+            self._reserved[sender] = reserved
+        self._size_bytes -= len(entry.tx_bytes)
+        assert self._size_bytes >= 0
+        self.metrics.evicted[reason] = self.metrics.evicted.get(reason, 0) + 1
+
+    # --- eviction ----------------------------------------------------------------
+
+    def update(
+        self, state: State, committed_tx_hashes: Sequence[bytes], now_ms: int | None = None
+    ) -> None:
+        """After a commit: drop committed txs, txs whose nonce the chain passed, and (given
+        ``now_ms``) expired txs."""
+        for tx_hash in committed_tx_hashes:
+            entry = self._by_hash.get(tx_hash)
+            if entry is not None:
+                self._remove(entry, EVICT_COMMITTED)
+        for sender in list(self._by_sender):
+            account_nonce = get_account(state, sender).nonce
+            stale = [e for nonce, e in self._by_sender[sender].items() if nonce < account_nonce]
+            for entry in stale:
+                self._remove(entry, EVICT_STALE)
+        if now_ms is not None:
+            self.evict_expired(now_ms)
+
+    def evict_expired(self, now_ms: int) -> int:
+        """Drop txs admitted ``ttl_ms`` or more ago; returns how many."""
+        expired = 0
+        # _by_hash is in admission order and now_ms only grows, so stop at the first fresh one.
+        while self._by_hash:
+            entry = next(iter(self._by_hash.values()))
+            if now_ms - entry.admitted_ms < self.config.ttl_ms:
+                break
+            self._remove(entry, EVICT_EXPIRED)
+            expired += 1
+        return expired
+
+    # --- reap --------------------------------------------------------------------
+
+    def reap(self, max_txs: int, max_bytes: int, state: State) -> list[bytes]:
+        """Txs for the next block on ``state``: valid in sequence, fair across senders, bounded."""
+        builder = BlockBuilder(state, self.context, self.signature_cache)
+        queues: list[list[_Entry]] = []
+        for sender, by_nonce in self._by_sender.items():
+            start = get_account(state, sender).nonce
+            run: list[_Entry] = []
+            # Only the consecutive run from the account nonce can apply.
+            while start + len(run) in by_nonce and len(run) < len(by_nonce):
+                run.append(by_nonce[start + len(run)])
+            if run:
+                queues.append(run)
+        queues.sort(key=lambda run: (run[0].seq, run[0].tx.sender))
+        out: list[bytes] = []
+        size_bytes = 0
+        position = [0] * len(queues)
+        active = list(range(len(queues)))
+        while active and len(out) < max_txs:
+            still_active = []
+            for q in active:
+                if len(out) >= max_txs:
+                    break
+                entry = queues[q][position[q]]
+                if size_bytes + len(entry.tx_bytes) > max_bytes:
+                    continue  # too big for what is left; this sender's later txs wait too
+                if builder.try_add(entry.tx, entry.tx_hash) is not None:
+                    continue  # fails here (e.g. balance); its successors cannot apply either
+                out.append(entry.tx_bytes)
+                size_bytes += len(entry.tx_bytes)
+                position[q] += 1
+                if position[q] < len(queues[q]):
+                    still_active.append(q)
+            active = still_active
+        return out
+
+    # --- relay -------------------------------------------------------------------
+
+    def take_relay_batch(self, max_txs: int, max_bytes: int) -> list[bytes]:
+        """Local txs not yet relayed, oldest first, bounded by count and bytes."""
+        out: list[bytes] = []
+        size_bytes = 0
+        while self._relay and len(out) < max_txs:
+            entry = self._by_hash.get(self._relay[0])
+            if entry is None:  # committed or evicted meanwhile: nothing to relay
+                self._relay.popleft()
+                continue
+            if out and size_bytes + len(entry.tx_bytes) > max_bytes:
+                break
+            self._relay.popleft()
+            out.append(entry.tx_bytes)
+            size_bytes += len(entry.tx_bytes)
+        return out
+
+
+def encode_tx_batch(txs: Sequence[bytes]) -> bytes:
+    """``KIND_TX_BATCH, VERSION_1, u32 count, (u32 len, tx bytes)*``."""
+    if len(txs) > TX_BATCH_COUNT_MAX:
+        raise ValueError(f"tx batch of {len(txs)} exceeds maximum {TX_BATCH_COUNT_MAX}")
+    parts = [bytes((KIND_TX_BATCH, VERSION_1)), _U32.pack(len(txs))]
+    for tx in txs:
+        if type(tx) is not bytes:
+            raise ValueError("tx batch entries must be bytes")
+        parts.append(_U32.pack(len(tx)))
+        parts.append(tx)
+    return b"".join(parts)
+
+
+@_decoder
+def decode_tx_batch(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
+    """The txs of a batch frame (not decoded themselves: admission does that)."""
+    r = Reader(_as_input(data, limits.message_size_max_bytes, "tx_batch"))
+    r.read_header(KIND_TX_BATCH, "tx_batch")
+    count = r.read_u32("tx_batch.count")
+    if count > TX_BATCH_COUNT_MAX:
+        raise DecodeError(f"tx_batch.count: {count} exceeds maximum {TX_BATCH_COUNT_MAX}")
+    txs = [r.read_var_bytes(limits.tx_size_max_bytes, "tx_batch.txs[]") for _ in range(count)]
+    r.expect_end("tx_batch")
+    return txs
+
+
+__all__ = [
+    "AdmitResult",
+    "Mempool",
+    "MempoolConfig",
+    "SOURCE_LOCAL",
+    "SOURCE_PEER",
+    "decode_tx_batch",
+    "encode_tx_batch",
+]

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node import ledger
+from node.codec import DecodeError, Limits, get_tx_hash
+from node.ledger import State, apply_block, build_block, get_genesis_state
+from node.mempool import (
+    SOURCE_LOCAL,
+    SOURCE_PEER,
+    Mempool,
+    MempoolConfig,
+    decode_tx_batch,
+    encode_tx_batch,
+)
+
+from .helpers import CHAIN_ID, KEYS, make_context, make_genesis, make_transfer
+
+GENESIS = make_genesis({0: 1000, 1: 1000, 2: 1000, 3: 50})
+CONTEXT = make_context(GENESIS)
+STATE = get_genesis_state(GENESIS)
+
+
+def make_pool(**config: int) -> Mempool:
+    return Mempool(CHAIN_ID, config=MempoolConfig(**config))
+
+
+def test_admits_and_reports_duplicates_without_error() -> None:
+    pool = make_pool()
+    tx = make_transfer(0, 0, 1, 10)
+    first = pool.admit(tx, STATE, 0, SOURCE_LOCAL)
+    assert first.ok and first.tx_hash == get_tx_hash(tx) and not first.duplicate
+    again = pool.admit(tx, STATE, 1, SOURCE_PEER)
+    assert again.ok and again.duplicate and again.tx_hash == first.tx_hash
+    assert len(pool) == 1 and pool.get_metrics()["mempool_duplicates"] == 1
+
+
+@pytest.mark.parametrize(
+    ("make_tx", "reason"),
+    [
+        (lambda: b"\x02\x01junk", "decode"),
+        (lambda: make_transfer(0, 0, 1, 10)[:-1] + b"\x00", "bad_signature"),
+        (lambda: make_transfer(0, 0, 1, 10, chain_id="other-chain"), "bad_signature"),
+        (lambda: make_transfer(0, 0, 1, 1001), "insufficient_balance"),
+        (lambda: make_transfer(0, 65, 1, 1), "nonce_too_far_ahead"),
+    ],
+)
+def test_each_rejection_reason(make_tx: object, reason: str) -> None:
+    pool = make_pool(nonce_gap_max=64)
+    result = pool.admit(make_tx(), STATE, 0, SOURCE_LOCAL)  # type: ignore[operator]
+    assert not result.ok and result.reason == reason and result.message
+    assert result.tx_hash is None and len(pool) == 0
+    assert pool.get_metrics()[f"mempool_rejected_{reason}"] == 1
+
+
+def test_oversize_nonce_too_low_duplicate_nonce_and_reserved_balance() -> None:
+    pool = Mempool(CHAIN_ID, limits=Limits(tx_size_max_bytes=100))
+    assert pool.admit(b"\x02" * 101, STATE, 0, SOURCE_LOCAL).reason == "oversize"
+    pool = make_pool()
+    after = build_block(STATE, [make_transfer(0, 0, 1, 1)], CONTEXT, 0, 0, 2000).applied.state
+    assert pool.admit(make_transfer(0, 0, 1, 2), after, 0, SOURCE_LOCAL).reason == "nonce_too_low"
+    assert pool.admit(make_transfer(0, 1, 1, 600), after, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(0, 1, 1, 7), after, 0, SOURCE_LOCAL).reason == "duplicate_nonce"
+    # 999 left, 600 reserved by the pending tx: 400 more does not fit, 399 does.
+    assert pool.admit(make_transfer(0, 2, 1, 400), after, 0, SOURCE_LOCAL).reason == (
+        "insufficient_balance"
+    )
+    assert pool.admit(make_transfer(0, 2, 1, 399), after, 0, SOURCE_LOCAL).ok
+
+
+def test_count_and_byte_bounds_give_full() -> None:
+    pool = make_pool(tx_count_max=2)
+    assert pool.admit(make_transfer(0, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 0, SOURCE_LOCAL).reason == "full"
+    tx = make_transfer(0, 0, 1, 1)
+    pool = make_pool(size_max_bytes=len(tx) * 2 + 10)
+    assert pool.admit(tx, STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 0, SOURCE_LOCAL).reason == "full"
+    assert pool.size_bytes == 2 * len(tx)
+
+
+def test_reap_follows_nonces_and_balances_and_is_fair_across_senders() -> None:
+    pool = make_pool()
+    # Sender 0 arrives first with 5 txs (out of nonce order); senders 1 and 2 one each later.
+    for nonce in (3, 1, 0, 4, 2):
+        assert pool.admit(make_transfer(0, nonce, 3, 10), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(1, 0, 3, 10), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(2, 0, 3, 10), STATE, 0, SOURCE_LOCAL).ok
+    # A gapped tx never gets reaped.
+    assert pool.admit(make_transfer(1, 5, 3, 10), STATE, 0, SOURCE_LOCAL).ok
+    reaped = pool.reap(4, 10**6, STATE)
+    assert reaped == [
+        make_transfer(0, 0, 3, 10),
+        make_transfer(1, 0, 3, 10),
+        make_transfer(2, 0, 3, 10),
+        make_transfer(0, 1, 3, 10),
+    ]
+    everything = pool.reap(100, 10**6, STATE)
+    assert len(everything) == 7
+    built = build_block(STATE, everything, CONTEXT, 0, 0, 2000)
+    assert not built.dropped
+    assert pool.reap(100, len(everything[0]) * 2, STATE) == everything[:2]
+
+
+def test_reap_skips_what_the_state_no_longer_funds() -> None:
+    pool = make_pool()
+    assert pool.admit(make_transfer(3, 0, 0, 40), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(3, 1, 0, 10), STATE, 0, SOURCE_LOCAL).ok
+    # Sender 3 spends its balance in a block the pool did not see: both pending now fail.
+    other = build_block(STATE, [make_transfer(3, 0, 1, 45)], CONTEXT, 0, 0, 2000).applied.state
+    assert pool.reap(10, 10**6, other) == []
+
+
+def test_update_after_commit_evicts_committed_and_stale() -> None:
+    pool = make_pool()
+    mine = make_transfer(0, 0, 1, 1)
+    raced = make_transfer(1, 0, 2, 5)
+    assert pool.admit(mine, STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(raced, STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(0, 1, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    # Another tx of sender 1 with nonce 0 won the slot: ``raced`` is stale now.
+    winner = make_transfer(1, 0, 2, 6)
+    applied = build_block(STATE, [mine, winner], CONTEXT, 0, 0, 2000).applied
+    pool.update(applied.state, applied.tx_hashes, 1)
+    assert len(pool) == 1 and pool.get_pending_nonces(KEYS[0].public_key) == [1]
+    metrics = pool.get_metrics()
+    assert metrics["mempool_evicted_committed"] == 1 and metrics["mempool_evicted_stale_nonce"] == 1
+
+
+def test_ttl_evicts_old_entries_only() -> None:
+    pool = make_pool(ttl_ms=1000)
+    assert pool.admit(make_transfer(0, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 600, SOURCE_LOCAL).ok
+    assert pool.evict_expired(999) == 0
+    assert pool.evict_expired(1000) == 1
+    assert pool.get_pending_nonces(KEYS[0].public_key) == []
+    assert len(pool) == 1
+    pool.update(STATE, [], 1600)
+    assert len(pool) == 0 and pool.size_bytes == 0
+
+
+def test_relay_takes_local_txs_once_in_bounded_batches() -> None:
+    pool = make_pool()
+    local = [make_transfer(0, n, 1, 1) for n in range(3)]
+    for tx in local:
+        assert pool.admit(tx, STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert pool.take_relay_batch(2, 10**6) == local[:2]
+    assert pool.take_relay_batch(10, 10**6) == local[2:]
+    assert pool.take_relay_batch(10, 10**6) == []
+    # One tx goes out even if it alone is over the byte budget; then it stops.
+    for n in range(3, 5):
+        assert pool.admit(make_transfer(0, n, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert len(pool.take_relay_batch(10, 1)) == 1
+
+
+def test_tx_batch_round_trip_and_strict_decoding() -> None:
+    txs = [make_transfer(0, n, 1, 1) for n in range(3)] + [b""]
+    frame = encode_tx_batch(txs)
+    assert decode_tx_batch(frame) == txs
+    for bad in (frame[:-1], frame + b"\x00", frame[:1], b"", b"\x07\x02" + frame[2:]):
+        with pytest.raises(DecodeError):
+            decode_tx_batch(bad)
+    with pytest.raises(DecodeError):
+        decode_tx_batch(b"\x07\x01" + (20_000).to_bytes(4, "little"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 300), st.binary(max_size=8))
+def test_tx_batch_decoding_raises_only_decode_error(junk: bytes, cut: int, tail: bytes) -> None:
+    frame = encode_tx_batch([junk, junk[:cut]])
+    for data in (junk, frame[:cut], frame + tail, b"\x07\x01" + junk):
+        try:
+            decode_tx_batch(data)
+        except DecodeError:
+            pass
+
+
+def test_each_tx_is_verified_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    real = ledger.verify_tx
+
+    def counting(chain_id: str, tx: ledger.Transaction) -> bool:
+        calls.append(tx.sender)
+        return real(chain_id, tx)
+
+    monkeypatch.setattr(ledger, "verify_tx", counting)
+    pool = make_pool()
+    txs = [make_transfer(0, 0, 1, 1), make_transfer(1, 0, 2, 1)]
+    for tx in txs:
+        assert pool.admit(tx, STATE, 0, SOURCE_PEER).ok
+    assert pool.admit(txs[0], STATE, 0, SOURCE_PEER).duplicate
+    assert len(calls) == 2
+    reaped = pool.reap(10, 10**6, STATE)
+    built = build_block(STATE, reaped, CONTEXT, 0, 0, 2000, pool.signature_cache)
+    apply_block(STATE, built.block, CONTEXT, pool.signature_cache)
+    assert len(calls) == 2
+
+
+def test_random_traffic_keeps_the_pool_consistent() -> None:
+    rng = random.Random(7)
+    pool = make_pool(tx_count_max=40, nonce_gap_max=4, ttl_ms=50)
+    state: State = STATE
+    for step in range(120):
+        sender = rng.randrange(4)
+        nonce = rng.randrange(6)
+        tx = make_transfer(sender, nonce, rng.randrange(5), rng.randrange(60))
+        pool.admit(tx if rng.random() > 0.05 else os.urandom(20), state, step, SOURCE_LOCAL)
+        if step % 10 == 9:
+            reaped = pool.reap(8, 10**6, state)
+            built = build_block(state, reaped, CONTEXT, 0, 0, 2000 + step)
+            assert not built.dropped  # reap only hands out what applies
+            applied = apply_block(state, built.block, CONTEXT)
+            state = applied.state
+            pool.update(state, applied.tx_hashes, step)
+        assert len(pool) <= 40
+        assert pool.size_bytes == sum(len(e.tx_bytes) for e in pool._by_hash.values())
