@@ -14,7 +14,6 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from collections.abc import AsyncGenerator, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -124,21 +123,50 @@ class Client:
         result: str = self._request("GET", "/metrics")
         return result
 
-    def follow_events(self) -> Iterator[dict[str, Any]]:
-        """Yield events from ``/v1/events`` (runs an event loop of its own while iterating)."""
-        loop = asyncio.new_event_loop()
-        client = AsyncClient(self.url, timeout_s=self.timeout_s)
-        events = client.follow_events()
+    def follow_events(self) -> EventStream:
+        """Connect to ``/v1/events`` now; iterate the result for events, then close it.
+
+        Connecting before returning means no event published after this call
+        returns is missed. The stream runs a private event loop while it reads.
+        """
+        return EventStream(self.url, self.timeout_s)
+
+
+class EventStream:
+    """A synchronous, already connected event stream (an iterator of event dicts)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = AsyncClient(url, timeout_s=timeout_s)
         try:
-            while True:
-                try:
-                    yield loop.run_until_complete(events.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            loop.run_until_complete(events.aclose())
-            loop.run_until_complete(client.close())
-            loop.close()
+            self._stream = self._loop.run_until_complete(self._client.follow_events())
+        except BaseException:
+            self._loop.run_until_complete(self._client.close())
+            self._loop.close()
+            raise
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return self._loop.run_until_complete(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.run_until_complete(self._stream.close())
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class AsyncClient:
@@ -216,8 +244,8 @@ class AsyncClient:
         result: str = await self._request("GET", "/metrics")
         return result
 
-    async def follow_events(self) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield each event from ``/v1/events`` until the server closes the stream."""
+    async def follow_events(self) -> AsyncEventStream:
+        """Connect to ``/v1/events``; ``async for`` over the result, then ``close()`` it."""
         try:
             ws = await self._get_session().ws_connect(
                 self.url + "/v1/events", max_msg_size=EVENT_MESSAGE_SIZE_MAX_BYTES,
@@ -227,14 +255,34 @@ class AsyncClient:
             raise ClientError(exc.status, "handshake_failed", exc.message) from None
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             raise ClientError(None, "unreachable", f"cannot reach {self.url}: {exc}") from None
+        return AsyncEventStream(ws)
+
+
+class AsyncEventStream:
+    """A connected ``/v1/events`` websocket: an async iterator of event dicts."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        message = await self._ws.receive()
+        if message.type != aiohttp.WSMsgType.TEXT:
+            raise StopAsyncIteration
         try:
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    break
-                try:
-                    event = json.loads(message.data)
-                except ValueError:
-                    raise ClientError(None, "bad_response", "event is not JSON") from None
-                yield event
-        finally:
-            await ws.close()
+            event: dict[str, Any] = json.loads(message.data)
+        except ValueError:
+            raise ClientError(None, "bad_response", "event is not JSON") from None
+        return event
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()

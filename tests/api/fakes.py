@@ -64,6 +64,7 @@ class FakeNodeService:
         validators: int = 4,
         balances: dict[bytes, int] | None = None,
         mempool_txs_max: int = 100,
+        auto_commit: bool = False,
     ) -> None:
         self.chain_id = chain_id
         self.validator_keys = [KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(validators)]
@@ -77,6 +78,7 @@ class FakeNodeService:
         self.fail = False
         self.hang = False
         self.view = 0
+        self.auto_commit = auto_commit  # commit each accepted tx in a block of its own
 
     def _check(self) -> None:
         if self.overloaded:
@@ -123,6 +125,8 @@ class FakeNodeService:
         if len(self.pending) >= self.mempool_txs_max:
             return SubmitResult(tx_hash, "rejected", REJECT_MEMPOOL_FULL, "mempool is full")
         self.pending[tx_hash] = tx_bytes
+        if self.auto_commit:
+            self.commit_block()
         return SubmitResult(tx_hash, "accepted")
 
     def commit_block(self) -> BlockInfo:
