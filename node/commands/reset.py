@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 from node.commands._common import EXIT_OK, EXIT_USAGE, CommandError, load_home_config, run
@@ -30,7 +31,8 @@ def _is_within(path: Path, other: Path) -> bool:
 def _reset(args: argparse.Namespace) -> int:
     if not args.unsafe:
         print("bcfl reset: refusing without --unsafe: this deletes the node's chain, state "
-              "and its record of its own votes (it can equivocate if it rejoins too soon)")
+              "and its record of its own votes (it can equivocate if it rejoins too soon)",
+              file=sys.stderr)
         return EXIT_USAGE
     home: Path = args.home
     config = load_home_config(home)

@@ -380,6 +380,7 @@ def _router_routes(app: web.Application) -> set[tuple[str, str]]:
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
+        assert isinstance(path, str), info
         routes.add((route.method.lower(), path))
     return routes
 

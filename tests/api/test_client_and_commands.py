@@ -207,6 +207,7 @@ def test_keys_show_and_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (home / "data" / "blocks").mkdir()
     (home / "data" / "blocks" / "000001.ldb").write_bytes(b"x")
     assert reset.main(["--home", str(home)]) == 2
+    assert "--unsafe" in capsys.readouterr().err
     assert (home / "data" / "blocks").exists()
     assert reset.main(["--unsafe", "--home", str(home)]) == 0
     assert (home / "data").is_dir() and list((home / "data").iterdir()) == []
