@@ -246,23 +246,31 @@ class AsyncClient:
 
     async def follow_events(self) -> AsyncEventStream:
         """Connect to ``/v1/events``; ``async for`` over the result, then ``close()`` it."""
+        # A session of its own: the pool's total request timeout must not end
+        # a stream that is meant to stay open; only connecting is bounded.
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
+        )
         try:
-            ws = await self._get_session().ws_connect(
+            ws = await session.ws_connect(
                 self.url + "/v1/events", max_msg_size=EVENT_MESSAGE_SIZE_MAX_BYTES,
                 timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_s),
             )
         except aiohttp.WSServerHandshakeError as exc:
+            await session.close()
             raise ClientError(exc.status, "handshake_failed", exc.message) from None
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+            await session.close()
             raise ClientError(None, "unreachable", f"cannot reach {self.url}: {exc}") from None
-        return AsyncEventStream(ws)
+        return AsyncEventStream(ws, session)
 
 
 class AsyncEventStream:
     """A connected ``/v1/events`` websocket: an async iterator of event dicts."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
         self._ws = ws
+        self._session = session
 
     def __aiter__(self) -> AsyncEventStream:
         return self
@@ -279,6 +287,7 @@ class AsyncEventStream:
 
     async def close(self) -> None:
         await self._ws.close()
+        await self._session.close()
 
     async def __aenter__(self) -> AsyncEventStream:
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def test_make_transfer_is_a_signed_canonical_transfer() -> None:
 def test_sync_client_round_trip_and_errors() -> None:
     service = make_service()
     with serve_app(service) as served:
-        client = Client(served.url)
+        client = Client(served.url, timeout_s=0.5)
         raw = make_transfer(ALICE, CHAIN, BOB.public_key, 5, 0)
         assert client.submit_tx(raw) == {"hash": get_tx_hash(raw).hex(), "status": "accepted"}
         assert client.get_tx(get_tx_hash(raw))["status"] == "pending"
@@ -59,6 +60,7 @@ def test_sync_client_round_trip_and_errors() -> None:
         assert (excinfo.value.status, excinfo.value.code) == (404, "not_found")
 
         with client.follow_events() as events:
+            time.sleep(0.7)  # outlives the client's request timeout
             served.call(service.commit_block)
             assert next(events) == {"type": "block", "height": 2,
                                     "hash": service.blocks[1].block_hash.hex(), "tx_count": 0}
