@@ -1,0 +1,194 @@
+"""``bcfl testnet --validators N --output DIR``: files for a local N-validator chain.
+
+Writes, under DIR:
+
+- ``genesis.json``: the chain id, the N validators (keys, loopback p2p and API
+  ports: validator i gets ``base_port + 2i`` for p2p and ``base_port + 2i + 1``
+  for its API), the member institutions and the funded accounts' balances;
+- ``node<i>/``: a home per validator (``config/config.toml`` with its ports,
+  ``config/node_key.json`` at 0600, ``config/genesis.json``, ``data/``);
+- ``accounts/<name>.json``: 0600 account keys: one per institution (default
+  ``hospital-<i>`` per validator, role ``both``) and ``--accounts`` funded
+  client accounts ``client-<k>`` for ``bcfl tx send`` and the benchmarks.
+
+Nothing is written unless every check passes: N >= 4 (n = 3f + 1, f >= 1),
+the ports are free, and DIR holds no earlier testnet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import socket
+import time
+from pathlib import Path
+
+from node.commands._common import EXIT_OK, CommandError, get_config_path, run
+from node.config import ApiConfig, Config, P2PConfig, save_config
+from node.genesis import (
+    ROLES,
+    VALIDATORS_MAX,
+    VALIDATORS_MIN,
+    Genesis,
+    GenesisError,
+    Member,
+    ValidatorInfo,
+    save_genesis,
+)
+from node.keys import KeyPair, save_key_file
+
+DEFAULT_CHAIN_ID = "bcfl-testnet"
+DEFAULT_BASE_PORT = 26600
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_ACCOUNTS = 4
+DEFAULT_BALANCE = 10**12
+ACCOUNTS_MAX = 10_000
+PORT_MAX = 65535
+
+
+@dataclasses.dataclass(frozen=True)
+class Institution:
+    name: str
+    role: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcfl testnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--validators", "-n", type=int, required=True,
+                        help="number of validators (at least 4: n = 3f + 1)")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="output directory")
+    parser.add_argument("--chain-id", default=DEFAULT_CHAIN_ID)
+    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
+                        help="validator i listens on base+2i (p2p) and base+2i+1 (API)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address every node listens on")
+    parser.add_argument("--institutions", nargs="+", metavar="NAME[:ROLE]", default=None,
+                        help=f"member institutions (role one of {', '.join(ROLES)}; default "
+                        "both); default: hospital-<i> per validator")
+    parser.add_argument("--accounts", type=int, default=DEFAULT_ACCOUNTS,
+                        help="funded client accounts to create")
+    parser.add_argument("--balance", type=int, default=DEFAULT_BALANCE,
+                        help="initial balance of each institution and client account")
+    parser.add_argument("--skip-port-check", action="store_true",
+                        help="write the files even if a port is in use now")
+    return parser
+
+
+def parse_institutions(specs: list[str] | None, validators: int) -> list[Institution]:
+    if specs is None:
+        return [Institution(f"hospital-{i}", "both") for i in range(validators)]
+    institutions = []
+    for spec in specs:
+        name, _, role = spec.partition(":")
+        role = role or "both"
+        if role not in ROLES:
+            raise CommandError(f"--institutions {spec!r}: role must be one of {', '.join(ROLES)}")
+        institutions.append(Institution(name, role))
+    names = [i.name for i in institutions]
+    if len(set(names)) != len(names):
+        raise CommandError("--institutions: names must be distinct")
+    return institutions
+
+
+def find_ports_in_use(host: str, ports: list[int]) -> list[int]:
+    """The ports of ``ports`` that cannot be bound on ``host`` right now."""
+    in_use = []
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise CommandError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+                in_use.append(port)
+    return in_use
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    n = args.validators
+    if n < VALIDATORS_MIN:
+        raise CommandError(
+            f"--validators {n}: need at least {VALIDATORS_MIN}; PBFT needs n = 3f + 1 "
+            f"validators to tolerate f faults, and f >= 1 (4, 7, 10, ... are the efficient sizes)"
+        )
+    if n > VALIDATORS_MAX:
+        raise CommandError(f"--validators {n}: at most {VALIDATORS_MAX}")
+    if not 1 <= args.base_port or args.base_port + 2 * n - 1 > PORT_MAX:
+        raise CommandError(f"--base-port {args.base_port}: ports base..base+{2 * n - 1} "
+                           f"must lie in 1..{PORT_MAX}")
+    if not 0 <= args.accounts <= ACCOUNTS_MAX:
+        raise CommandError(f"--accounts {args.accounts}: must be in 0..{ACCOUNTS_MAX}")
+    if not 0 <= args.balance < 1 << 64:
+        raise CommandError(f"--balance {args.balance}: must be a u64")
+
+
+def _testnet(args: argparse.Namespace) -> int:
+    _check_args(args)
+    n: int = args.validators
+    output: Path = args.output
+    institutions = parse_institutions(args.institutions, n)
+    existing = [output / name for name in ("genesis.json", "node0", "accounts")
+                if (output / name).exists()]
+    if existing:
+        raise CommandError(f"{existing[0]} already exists; choose an empty --output "
+                           "(or delete the old testnet)")
+    ports = [args.base_port + k for k in range(2 * n)]
+    if not args.skip_port_check:
+        in_use = find_ports_in_use(args.host, ports)
+        if in_use:
+            listed = ", ".join(str(p) for p in in_use)
+            raise CommandError(f"port(s) {listed} on {args.host} already in use; pick another "
+                               f"--base-port (this testnet needs {ports[0]}..{ports[-1]})")
+
+    node_keys = [KeyPair.generate() for _ in range(n)]
+    validators = tuple(
+        ValidatorInfo(f"node{i}", key.public_key, args.host, args.base_port + 2 * i,
+                      args.host, args.base_port + 2 * i + 1)
+        for i, key in enumerate(node_keys)
+    )
+    accounts_dir = output / "accounts"
+    member_keys = {i.name: KeyPair.generate() for i in institutions}
+    client_keys = {f"client-{k}": KeyPair.generate() for k in range(args.accounts)}
+    funded = [*member_keys.values(), *client_keys.values()]
+    genesis = Genesis(
+        chain_id=args.chain_id,
+        genesis_time_ms=int(time.time() * 1000),
+        validators=validators,
+        members=tuple(Member(i.name, member_keys[i.name].public_key, i.role)
+                      for i in institutions),
+        balances=tuple(sorted((key.public_key, args.balance) for key in funded)),
+    )
+    try:  # validate everything (names, chain id...) before writing anything
+        save_genesis(output / "genesis.json", genesis)
+    except GenesisError as exc:
+        raise CommandError(f"invalid testnet: {exc}") from None
+
+    for i, key in enumerate(node_keys):
+        home = output / f"node{i}"
+        config = dataclasses.replace(
+            Config(),
+            moniker=f"node{i}",
+            p2p=P2PConfig(listen_host=args.host, listen_port=validators[i].p2p_port),
+            api=dataclasses.replace(ApiConfig(), listen_host=args.host,
+                                    listen_port=validators[i].api_port),
+        )
+        save_config(get_config_path(home), config)
+        save_key_file(config.get_key_path(home), key)
+        save_genesis(config.get_genesis_path(home), genesis)
+        config.get_data_path(home).mkdir(parents=True, exist_ok=True)
+    for name, key in [*member_keys.items(), *client_keys.items()]:
+        save_key_file(accounts_dir / f"{name}.json", key)
+
+    print(f"wrote a {n}-validator testnet (f = {genesis.f}) for chain {args.chain_id!r} "
+          f"to {output}")
+    for i, validator in enumerate(validators):
+        print(f"  node{i}: p2p {validator.p2p_host}:{validator.p2p_port}  "
+              f"api http://{validator.api_host}:{validator.api_port}  "
+              f"key {validator.public_key.hex()[:16]}...")
+    print(f"  accounts: {len(funded)} funded with {args.balance} each in {accounts_dir}")
+    return EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    return run("bcfl testnet", _testnet, build_parser(), argv)
