@@ -119,6 +119,13 @@ def draw_scenario(seed: int, n: int | None = None) -> Scenario:
         t = rng.randint(5, chaos - 30)
         crash_events.append((t, "crash", i))
         crash_events.append((rng.randint(t + 5, chaos), "restart", i))
+    # Safety-only runs crash (and restart) more than f replicas: no liveness is owed, but
+    # agreement must hold and restarted replicas must never double-vote.
+    safety_only = rng.random() < 0.15
+    if safety_only:
+        for i in rng.sample(range(n), rng.randint(f + 1, n)):
+            t = rng.randint(5, chaos - 30)
+            crash_events += [(t, "crash", i), (rng.randint(t + 5, chaos), "restart", i)]
     partition_events: list[tuple[int, int, tuple[int, ...]]] = []
     if rng.random() < 0.4:
         start = rng.randint(1, chaos // 2)
@@ -134,6 +141,7 @@ def draw_scenario(seed: int, n: int | None = None) -> Scenario:
         delay_max_ticks=rng.choice((1, 2, 4, 8)),
         chaos_ticks=chaos,
         crash_events=tuple(sorted(crash_events)),
+        check_liveness=not safety_only,
         partition_events=tuple(partition_events),
     )
 
@@ -382,7 +390,12 @@ class Simulation:
             return
         if isinstance(event, Receive) and node.byzantine == "replay" and len(node.seen) < 64:
             node.seen.append(event.message)
+        before = (node.replica.view, node.replica.active)
         self._execute(i, node.replica.handle(event))
+        after = (node.replica.view, node.replica.active)
+        if after != before:
+            state = "normal" if after[1] else "view-change"
+            self._log(f"r{i} view {before[0]} -> {after[0]} ({state})")
 
     def _apply_faults(self) -> None:
         for t, what, i in self.sc.crash_events:

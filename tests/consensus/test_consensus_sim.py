@@ -107,3 +107,26 @@ def test_safety_beyond_f_crashes() -> None:
     scenario = Scenario(seed=9, n=4, crash_events=crashes, chaos_ticks=100, check_liveness=False)
     assert_ok(Simulation(scenario).run())
     assert_ok(Simulation(replace(scenario, check_liveness=True, seed=10)).run())
+
+
+def test_pipelining_keeps_several_blocks_in_flight() -> None:
+    sim = Simulation(Scenario(seed=11, n=4, delay_max_ticks=4, propose_interval_ticks=1))
+    in_flight_max = 0
+    for _ in range(100):
+        sim._step()
+        primary = sim.nodes[0].replica
+        in_flight_max = max(
+            in_flight_max, primary.next_proposal_seq - 1 - primary.last_delivered_seq
+        )
+    assert in_flight_max > 2 and not sim.violations
+
+
+def test_memory_stays_bounded_on_a_long_run() -> None:
+    sim = Simulation(Scenario(seed=12, n=4, propose_interval_ticks=1, loss_rate=0.05))
+    for _ in range(600):
+        sim._step()
+    replica = sim.nodes[1].replica
+    assert replica.last_delivered_seq > 200  # many checkpoint intervals went by
+    usage, bounds = replica.get_memory_usage(), replica.get_memory_bounds()
+    assert all(usage[k] <= bounds[k] for k in usage) and not sim.violations
+    assert replica.low_seq >= replica.last_delivered_seq - 2 * replica.config.window_size
