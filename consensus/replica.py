@@ -119,6 +119,7 @@ class Replica:
         self.last_delivery_tick = 0
         self.delivered_digests: dict[int, bytes] = {0: config.genesis_digest}
         self.slots: dict[int, Slot] = {}
+        self.previous_pre_prepares: dict[int, Vote] = {}
         self.prepared_certs: dict[int, PreparedCertificate] = {}
         self.next_proposal_seq = 1
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
@@ -196,6 +197,7 @@ class Replica:
         return {
             "slots": len(self.slots),
             "prepared_certs": len(self.prepared_certs),
+            "previous_pre_prepares": len(self.previous_pre_prepares),
             "delivered_digests": len(self.delivered_digests),
             "checkpoints": sum(len(v) for v in self.checkpoints.values()),
             "statuses": len(self.statuses),
@@ -209,6 +211,7 @@ class Replica:
         return {
             "slots": c.window_size,
             "prepared_certs": c.window_size,
+            "previous_pre_prepares": c.window_size,
             "delivered_digests": c.window_size + 2,
             "checkpoints": c.n * c.checkpoints_per_sender_max,
             "statuses": c.n,
@@ -493,6 +496,9 @@ class Replica:
         self._out.append(Persist(StableCheckpoint(seq, digest, proof)))
         self.slots = {s: v for s, v in self.slots.items() if s > seq}
         self.prepared_certs = {s: c for s, c in self.prepared_certs.items() if s > seq}
+        self.previous_pre_prepares = {
+            s: v for s, v in self.previous_pre_prepares.items() if s > seq
+        }
         self.delivered_digests = {
             s: d for s, d in self.delivered_digests.items() if seq <= s <= self.high_seq
         }
@@ -572,8 +578,16 @@ class Replica:
     def _start_view_change(self, new_view: int) -> None:
         assert new_view > self.view
         self.view = new_view
-        self.active = False
         self.backoff = min(self.backoff + 1, self.config.timeout_backoff_max)
+        # Remember the old view's pre-prepares: certificates in view-changes may reveal that
+        # the primary signed a different block for the same seq to someone else.
+        if self.active:
+            self.previous_pre_prepares = {
+                seq: slot.pre_prepare.vote
+                for seq, slot in self.slots.items()
+                if slot.pre_prepare is not None
+            }
+        self.active = False
         self.slots = {}
         certs = tuple(self.prepared_certs[s] for s in sorted(self.prepared_certs))
         body = ViewChange(
@@ -609,6 +623,7 @@ class Replica:
             self._out.append(Discard(vc.signer, "invalid view-change"))
             return
         self.view_changes[vc.signer] = vc
+        self._check_certificates_for_equivocation(vc)
         # f+1 replicas want a higher view: at least one honest one timed out, so join them.
         higher = sorted(
             (
@@ -624,6 +639,13 @@ class Replica:
                 self._start_view_change(target)
                 return
         self._check_view_change_quorum()
+
+    def _check_certificates_for_equivocation(self, vc: ViewChange) -> None:
+        for cert in vc.prepared:
+            vote = cert.pre_prepare.vote
+            mine = self.previous_pre_prepares.get(vote.seq)
+            if mine is not None and mine.view == vote.view:
+                self._check_equivocation(mine, vote)
 
     def _resend_new_view(self, to: int) -> None:
         if self.new_view_message is None:

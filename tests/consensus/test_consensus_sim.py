@@ -67,6 +67,8 @@ def test_primary_crash_and_restart_does_not_equivocate() -> None:
 def test_equivocating_primary() -> None:
     result = run(Scenario(seed=3, n=4, byzantine=((0, "equivocate"),), chaos_ticks=80))
     assert all(v >= 1 for i, v in result.views.items() if i != 0)  # type: ignore[attr-defined]
+    # The conflicting pre-prepare surfaces in view-change certificates as evidence.
+    assert result.evidence_against == (0,)  # type: ignore[attr-defined]
 
 
 def test_double_voter_is_reported() -> None:
