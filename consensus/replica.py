@@ -700,12 +700,6 @@ class Replica:
         self.own_view_change = None
         self.view_changes = {s: vc for s, vc in self.view_changes.items() if vc.new_view > nv.view}
         self.progress_deadline_tick = self.now_tick + self._get_timeout_ticks()
-        if plan.base_seq > self.low_seq:
-            if plan.base_seq <= self.last_delivered_seq:
-                if self.delivered_digests.get(plan.base_seq) == plan.base_digest:
-                    self._make_stable(plan.base_seq, plan.base_digest, plan.base_proof)
-            else:
-                self._request_fetch(plan.base_seq, tuple(vc.signer for vc in nv.view_changes))
         self.view_base_seq, self.view_base_digest = plan.base_seq, plan.base_digest
         last_seq = plan.base_seq
         for vote, cert in zip(nv.pre_prepares, plan.blocks, strict=True):
@@ -715,6 +709,12 @@ class Replica:
                     pre_prepare=PrePrepare(vote, pp.parent_digest, pp.payload)
                 )
             last_seq = vote.seq
+        if plan.base_seq > self.low_seq:
+            if plan.base_seq <= self.last_delivered_seq:
+                if self.delivered_digests.get(plan.base_seq) == plan.base_digest:
+                    self._make_stable(plan.base_seq, plan.base_digest, plan.base_proof)
+            else:
+                self._request_fetch(plan.base_seq, tuple(vc.signer for vc in nv.view_changes))
         self.next_proposal_seq = max(last_seq, self.last_delivered_seq, self.low_seq) + 1
         self._replay_stash()
         self._advance(min(self.slots) if self.slots else self.last_delivered_seq + 1)
