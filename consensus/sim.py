@@ -89,7 +89,6 @@ class Scenario:
     loss_rate: float = 0.0
     duplicate_rate: float = 0.0
     delay_max_ticks: int = 3
-    partitions: bool = False
     chaos_ticks: int = 200
     liveness_ticks: int = 1200
     check_liveness: bool = True
