@@ -1,0 +1,153 @@
+"""``bcfl bench aggregation``: exact Numba rules vs a NumPy float64 reference vs Flower.
+
+For each (n, d) it builds a random int16 update matrix (``scale_exp`` 12),
+times ``fl.aggregation.aggregate`` for each rule, the NumPy reference in
+``fl.reference`` and, when ``flwr`` imports, Flower's
+``flwr.server.strategy.aggregate`` functions on the same float64 data, plus the
+time to read the n x d input once (``values.max()``), the floor for any rule.
+Reports the best of ``--repeats`` runs, the first-call (compile or cache load)
+time per rule and the SHA-256 of every aggregate, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl import reference as ref
+from fl.aggregation import aggregate, compute_aggregate_digest
+from fl.quantize import QuantizedUpdates, dequantize
+
+BENCH_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan")
+SCALE_EXP = 12
+
+
+def _best_ms(fn: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _flower() -> Any | None:
+    try:
+        from flwr.server.strategy import aggregate as flower_aggregate
+    except Exception:  # noqa: BLE001 - any import failure means "unavailable"
+        return None
+    return flower_aggregate
+
+
+def _f_for(n: int) -> int:
+    return max(1, (n - 3) // 4)  # the largest f Bulyan accepts (n >= 4f + 3)
+
+
+def _flower_fn(fa: Any, rule: str, results: list[tuple[list[np.ndarray], int]], f: int
+               ) -> Callable[[], object] | None:
+    if rule == "mean":
+        return lambda: fa.aggregate(results)
+    if rule == "median":
+        return lambda: fa.aggregate_median(results)
+    if rule == "trimmed_mean":
+        return lambda: fa.aggregate_trimmed_avg(results, f / len(results))
+    if rule == "krum":
+        return lambda: fa.aggregate_krum(results, f, 0)
+    if rule == "multi_krum":
+        return lambda: fa.aggregate_krum(results, f, len(results) - f)
+    if rule == "bulyan":
+        return lambda: fa.aggregate_bulyan(list(results), f, fa.aggregate_krum, to_keep=0)
+    return None
+
+
+def run_case(n: int, d: int, rules: tuple[str, ...], repeats: int, flower: Any | None,
+             flower_max_d: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-4000, 4001, size=(n, d)).astype(np.int16)
+    updates = QuantizedUpdates(values, SCALE_EXP)
+    x = dequantize(values, SCALE_EXP)
+    w = np.ones(n)
+    ids = list(range(n))
+    f = _f_for(n)
+    results = [([x[i]], 1) for i in range(n)]
+    case: dict[str, Any] = {"n": n, "d": d, "f": f,
+                            "read_once_ms": _best_ms(lambda: values.max(), max(3, repeats)),
+                            "rules": {}}
+    for rule in rules:
+        params = {"f": f} if rule in ("trimmed_mean", "krum", "multi_krum", "bulyan") else {}
+        t0 = time.perf_counter()
+        first = aggregate(rule, updates, ids, None, params)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        entry: dict[str, Any] = {
+            "first_call_ms": first_ms,
+            "exact_ms": _best_ms(lambda r=rule, p=params: aggregate(r, updates, ids, None, p), repeats),
+            "sha256": compute_aggregate_digest(first).hex(),
+            "selected_count": len(first.selected),
+        }
+        entry["numpy_ms"] = _best_ms(lambda r=rule, p=params: ref.reference_aggregate(r, x, w, p),
+                                     1 if rule == "bulyan" else repeats)
+        entry["read_once_ratio"] = entry["exact_ms"] / case["read_once_ms"]
+        fn = _flower_fn(flower, rule, results, f) if flower is not None else None
+        if fn is None:
+            entry["flower_ms"] = None
+            entry["flower"] = "unavailable" if flower is None else "no equivalent"
+        elif d > flower_max_d:
+            entry["flower_ms"] = None
+            entry["flower"] = f"skipped (d > --flower-max-d {flower_max_d})"
+        else:
+            entry["flower_ms"] = _best_ms(fn, 1 if rule == "bulyan" else repeats)
+            entry["speedup_vs_flower"] = entry["flower_ms"] / entry["exact_ms"]
+        case["rules"][rule] = entry
+    return case
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(v)) for v in text.split(",") if v]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bcfl bench aggregation", description=__doc__)
+    p.add_argument("--n", default="10,50,100", help="comma-separated client counts")
+    p.add_argument("--d", default="1e5,1e6", help="comma-separated dimensions")
+    p.add_argument("--rules", default=",".join(BENCH_RULES))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-flower", action="store_true", help="do not import flwr")
+    p.add_argument("--flower-max-d", type=int, default=10**7, help="skip Flower above this d")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/bench/aggregation.json")
+    args = p.parse_args(argv)
+    rules = tuple(r for r in args.rules.split(",") if r)
+    bad = [r for r in rules if r not in BENCH_RULES + ("geometric_median", "centered_clipping")]
+    if bad or args.repeats < 1:
+        print(f"bcfl bench aggregation: bad rules {bad} or repeats", file=sys.stderr)
+        return 2
+    flower = None if args.no_flower else _flower()
+    import numba
+
+    report: dict[str, Any] = {
+        "flower": "unavailable" if flower is None else "available",
+        "numba_threads": numba.get_num_threads(),
+        "cases": [],
+    }
+    for n in _ints(args.n):
+        for d in _ints(args.d):
+            case = run_case(n, d, rules, args.repeats, flower, args.flower_max_d, args.seed)
+            report["cases"].append(case)
+            for rule, e in case["rules"].items():
+                fl_ms = "n/a" if e["flower_ms"] is None else f"{e['flower_ms']:.1f}"
+                print(f"n={n:<4} d={d:<8} {rule:<14} exact {e['exact_ms']:8.1f} ms  "
+                      f"numpy {e['numpy_ms']:8.1f} ms  flower {fl_ms:>8} ms  "
+                      f"read-once x{e['read_once_ratio']:.1f}  first {e['first_call_ms']:.0f} ms",
+                      flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
