@@ -275,7 +275,7 @@ def _rule_centered_clipping(inp: _Inputs) -> AggregationResult:
 
 
 def _rule_fltrust(inp: _Inputs) -> AggregationResult:
-    """Cao et al. NDSS 2021: trust = ReLU(cos(x_i, g0)); x_i rescaled to |g0|; trust-weighted mean."""
+    """Cao et al. NDSS 2021: trust ReLU(cos(x_i, g0)); x_i rescaled to |g0|; weighted by trust."""
     assert inp.reference is not None
     n, _ = inp.values.shape
     dots = kernels.compute_dots_with(inp.values, inp.reference)
@@ -298,15 +298,19 @@ def _rule_fltrust(inp: _Inputs) -> AggregationResult:
             coefs[i] = trust[i] / total * (ref_norm / math.sqrt(float(norms2[i])))
     agg_q = kernels.compute_combination(inp.values, coefs, np.zeros(d), 0.0)
     selected = tuple(inp.ids[i] for i in range(n) if trust[i] > 0.0)
-    return AggregationResult(np.ldexp(agg_q, -inp.scale_exp), selected, inp.ids, trust,
-                             {"trust_total": total})
+    return AggregationResult(
+        np.ldexp(agg_q, -inp.scale_exp), selected, inp.ids, trust, {"trust_total": total}
+    )
 
 
 # ---------------------------------------------------------------- pre-aggregators
 
 
-def _pre_clip(values: npt.NDArray[np.int16], scale_exp: int, params: Mapping[str, ParamValue],
-              ) -> npt.NDArray[np.int16]:
+def _pre_clip(
+    values: npt.NDArray[np.int16],
+    scale_exp: int,
+    params: Mapping[str, ParamValue],
+) -> npt.NDArray[np.int16]:
     """Scale each row to L2 norm at most ``clip_norm`` (real units), re-rounded half to even."""
     bound = float(params["clip_norm"]) * 2.0**scale_exp
     norms2 = kernels.compute_row_sq_norms(values)
@@ -318,8 +322,11 @@ def _pre_clip(values: npt.NDArray[np.int16], scale_exp: int, params: Mapping[str
     return kernels.compute_scaled_rows(values, factors)
 
 
-def _pre_nnm(values: npt.NDArray[np.int16], scale_exp: int, params: Mapping[str, ParamValue],
-             ) -> npt.NDArray[np.int16]:
+def _pre_nnm(
+    values: npt.NDArray[np.int16],
+    scale_exp: int,
+    params: Mapping[str, ParamValue],
+) -> npt.NDArray[np.int16]:
     """Nearest-neighbour mixing (Allouah et al. 2023): row i -> mean of its n - f nearest rows
     (itself included; distance ties by id), rounded half to even."""
     n = values.shape[0]
@@ -333,8 +340,13 @@ def _pre_nnm(values: npt.NDArray[np.int16], scale_exp: int, params: Mapping[str,
     return kernels.compute_neighbour_means(values, nbrs)
 
 
-PRE_AGGREGATORS: dict[str, tuple[Callable[[npt.NDArray[np.int16], int, Mapping[str, ParamValue]],
-                                           npt.NDArray[np.int16]], Mapping[str, ParamValue]]] = {
+PRE_AGGREGATORS: dict[
+    str,
+    tuple[
+        Callable[[npt.NDArray[np.int16], int, Mapping[str, ParamValue]], npt.NDArray[np.int16]],
+        Mapping[str, ParamValue],
+    ],
+] = {
     "clip": (_pre_clip, {"clip_norm": 1.0}),
     "nnm": (_pre_nnm, {"f": 0}),
 }
@@ -349,18 +361,40 @@ RULES: dict[str, RuleSpec] = {
     for spec in (
         RuleSpec("mean", _rule_mean, {}, lambda p: 1, "n >= 1"),
         RuleSpec("median", _rule_median, {}, lambda p: 1, "n >= 1 (breaks down at f >= n/2)"),
-        RuleSpec("trimmed_mean", _rule_trimmed_mean, {"f": 1}, lambda p: 2 * int(p["f"]) + 1,
-                 "n > 2f"),
+        RuleSpec(
+            "trimmed_mean", _rule_trimmed_mean, {"f": 1}, lambda p: 2 * int(p["f"]) + 1, "n > 2f"
+        ),
         RuleSpec("krum", _rule_krum, {"f": 1}, lambda p: 2 * int(p["f"]) + 3, "n > 2f + 2"),
-        RuleSpec("multi_krum", _rule_multi_krum, {"f": 1, "m": 0},
-                 lambda p: 2 * int(p["f"]) + 3, "n > 2f + 2; m = 0 means n - f"),
+        RuleSpec(
+            "multi_krum",
+            _rule_multi_krum,
+            {"f": 1, "m": 0},
+            lambda p: 2 * int(p["f"]) + 3,
+            "n > 2f + 2; m = 0 means n - f",
+        ),
         RuleSpec("bulyan", _rule_bulyan, {"f": 1}, lambda p: 4 * int(p["f"]) + 3, "n >= 4f + 3"),
-        RuleSpec("geometric_median", _rule_geometric_median, {"iterations": 8, "nu": 1e-6},
-                 lambda p: 1, "n >= 1 (breakdown 1/2)"),
-        RuleSpec("centered_clipping", _rule_centered_clipping, {"tau": 1.0, "iterations": 3},
-                 lambda p: 1, "n >= 1; robust when f < n/2 and tau is well chosen"),
-        RuleSpec("fltrust", _rule_fltrust, {}, lambda p: 1,
-                 "n >= 1; needs a trusted reference update", needs_reference=True),
+        RuleSpec(
+            "geometric_median",
+            _rule_geometric_median,
+            {"iterations": 8, "nu": 1e-6},
+            lambda p: 1,
+            "n >= 1 (breakdown 1/2)",
+        ),
+        RuleSpec(
+            "centered_clipping",
+            _rule_centered_clipping,
+            {"tau": 1.0, "iterations": 3},
+            lambda p: 1,
+            "n >= 1; robust when f < n/2 and tau is well chosen",
+        ),
+        RuleSpec(
+            "fltrust",
+            _rule_fltrust,
+            {},
+            lambda p: 1,
+            "n >= 1; needs a trusted reference update",
+            needs_reference=True,
+        ),
     )
 }
 
@@ -368,11 +402,14 @@ RULES: dict[str, RuleSpec] = {
 # ---------------------------------------------------------------- validation + entry point
 
 
-def _validate_params(kind: str, given: Mapping[str, ParamValue],
-                     defaults: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+def _validate_params(
+    kind: str, given: Mapping[str, ParamValue], defaults: Mapping[str, ParamValue]
+) -> dict[str, ParamValue]:
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise AggregationInputError(f"{kind}: unknown parameter(s) {unknown}; known {sorted(defaults)}")
+        raise AggregationInputError(
+            f"{kind}: unknown parameter(s) {unknown}; known {sorted(defaults)}"
+        )
     merged: dict[str, ParamValue] = dict(defaults)
     for key, value in given.items():
         want_int = isinstance(defaults[key], int)
@@ -387,7 +424,9 @@ def _validate_params(kind: str, given: Mapping[str, ParamValue],
         if key in merged and not float(merged[key]) > 0:
             raise AggregationInputError(f"{kind}: parameter {key!r} must be > 0")
     if "iterations" in merged and not 1 <= int(merged["iterations"]) <= WEISZFELD_ITERATIONS_MAX:
-        raise AggregationInputError(f"{kind}: iterations must be in [1, {WEISZFELD_ITERATIONS_MAX}]")
+        raise AggregationInputError(
+            f"{kind}: iterations must be in [1, {WEISZFELD_ITERATIONS_MAX}]"
+        )
     return merged
 
 
@@ -416,7 +455,9 @@ def _validate(
     else:
         w_arr = np.asarray(weights)
         if w_arr.shape != (n,) or not np.issubdtype(w_arr.dtype, np.integer):
-            raise AggregationInputError(f"weights must be {n} integers, got {w_arr.dtype} {w_arr.shape}")
+            raise AggregationInputError(
+                f"weights must be {n} integers, got {w_arr.dtype} {w_arr.shape}"
+            )
         if int(w_arr.min()) < 0 or int(w_arr.sum()) <= 0:
             raise AggregationInputError("weights must be >= 0 with a positive sum")
         w = w_arr.astype(np.int64)
@@ -428,7 +469,8 @@ def _validate(
             raise AggregationInputError("reference must be a QuantizedVector")
         if reference.values.shape != (updates.dim,):
             raise AggregationInputError(
-                f"reference has shape {reference.values.shape}, updates have d={updates.dim}")
+                f"reference has shape {reference.values.shape}, updates have d={updates.dim}"
+            )
         if reference.scale_exp != updates.scale_exp:
             raise AggregationInputError("reference and updates use different scale exponents")
         if reference.values.dtype != np.int16:
@@ -454,14 +496,18 @@ def aggregate(
     n = len(ids)
     need = spec.min_clients(merged)
     if n < need:
-        raise AggregationInputError(f"{rule} needs {spec.condition}: got n={n}, f={merged.get('f')}")
+        raise AggregationInputError(
+            f"{rule} needs {spec.condition}: got n={n}, f={merged.get('f')}"
+        )
     if spec.needs_reference and reference is None:
         raise AggregationInputError(f"{rule} needs a reference update")
     order = sorted(range(n), key=lambda i: ids[i])
     values = np.ascontiguousarray(updates.values[order])
     for pre_name, pre_params in pre:
         if pre_name not in PRE_AGGREGATORS:
-            raise AggregationInputError(f"unknown pre-aggregator {pre_name!r}; one of {sorted(PRE_AGGREGATORS)}")
+            raise AggregationInputError(
+                f"unknown pre-aggregator {pre_name!r}; one of {sorted(PRE_AGGREGATORS)}"
+            )
         fn, defaults = PRE_AGGREGATORS[pre_name]
         pre_merged = _validate_params(pre_name, pre_params, defaults)
         if pre_name == "nnm" and not n > int(pre_merged["f"]):

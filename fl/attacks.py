@@ -65,7 +65,7 @@ def compute_mimic(honest: FloatArray, target: int = 0) -> FloatArray:
 
 
 def compute_min_max(honest: FloatArray, gamma_init: float = 10.0) -> FloatArray:
-    """Largest ``gamma`` (bisection, fixed step count) with max_i |m - h_i| <= max_ij |h_i - h_j|."""
+    """Largest ``gamma`` (fixed-step bisection) with max_i |m - h_i| <= max_ij |h_i - h_j|."""
     mean = honest.mean(axis=0)
     direction = -honest.std(axis=0)
     sq = (honest * honest).sum(axis=1)
@@ -87,7 +87,9 @@ def compute_min_max(honest: FloatArray, gamma_init: float = 10.0) -> FloatArray:
     return np.asarray(mean + best * direction)
 
 
-def add_trigger(x: FloatArray, features: tuple[int, ...] = (0, 1, 2), value: float = 4.0) -> FloatArray:
+def add_trigger(
+    x: FloatArray, features: tuple[int, ...] = (0, 1, 2), value: float = 4.0
+) -> FloatArray:
     """The backdoor trigger: set a few (standardised) features to an unusual value."""
     out = x.copy()
     out[:, list(features)] = value
@@ -98,8 +100,13 @@ def compute_model_replacement(backdoor_delta: FloatArray, boost: float) -> Float
     return np.asarray(boost * backdoor_delta)
 
 
-def compute_free_rider(kind: str, dim: int, last_global_delta: FloatArray | None,
-                       rng: np.random.Generator, noise: float = 1e-3) -> FloatArray:
+def compute_free_rider(
+    kind: str,
+    dim: int,
+    last_global_delta: FloatArray | None,
+    rng: np.random.Generator,
+    noise: float = 1e-3,
+) -> FloatArray:
     """``zero``: nothing; ``stale``: last round's global delta; ``copy``: that plus noise."""
     previous = np.zeros(dim) if last_global_delta is None else last_global_delta
     if kind == "zero":

@@ -47,7 +47,9 @@ class Dataset:
 
     def subset(self, idx: IndexArray) -> Dataset:
         sites = None if self.sites is None else self.sites[idx]
-        return Dataset(self.x[idx], self.y[idx], self.feature_names, self.task, self.n_classes, sites)
+        return Dataset(
+            self.x[idx], self.y[idx], self.feature_names, self.task, self.n_classes, sites
+        )
 
 
 @dataclass(frozen=True)
@@ -70,20 +72,35 @@ def load_breast_cancer_data() -> Dataset:
     from sklearn.datasets import load_breast_cancer
 
     raw = load_breast_cancer()
-    return Dataset(np.asarray(raw.data, dtype=np.float64), np.asarray(raw.target, dtype=np.int64),
-                   tuple(str(n) for n in raw.feature_names), "classification", 2)
+    return Dataset(
+        np.asarray(raw.data, dtype=np.float64),
+        np.asarray(raw.target, dtype=np.int64),
+        tuple(str(n) for n in raw.feature_names),
+        "classification",
+        2,
+    )
 
 
 def load_diabetes_data() -> Dataset:
     from sklearn.datasets import load_diabetes
 
     raw = load_diabetes()
-    return Dataset(np.asarray(raw.data, dtype=np.float64), np.asarray(raw.target, dtype=np.float64),
-                   tuple(str(n) for n in raw.feature_names), "regression", 1)
+    return Dataset(
+        np.asarray(raw.data, dtype=np.float64),
+        np.asarray(raw.target, dtype=np.float64),
+        tuple(str(n) for n in raw.feature_names),
+        "regression",
+        1,
+    )
 
 
-def parse_csv(text: str, label_column: str, feature_columns: Sequence[str] | None = None,
-              site_column: str | None = None, task: str = "classification") -> Dataset:
+def parse_csv(
+    text: str,
+    label_column: str,
+    feature_columns: Sequence[str] | None = None,
+    site_column: str | None = None,
+    task: str = "classification",
+) -> Dataset:
     """Parse CSV text with a header row.  Classification labels are mapped to 0..k-1 in
     sorted order of their text; features must be finite numbers."""
     if task not in ("classification", "regression"):
@@ -101,7 +118,11 @@ def parse_csv(text: str, label_column: str, feature_columns: Sequence[str] | Non
     if site_column is not None and site_column not in col:
         raise DataError(f"site column {site_column!r} not in header")
     skip = {label_column} | ({site_column} if site_column else set())
-    features = list(feature_columns) if feature_columns is not None else [h for h in header if h not in skip]
+    features = (
+        list(feature_columns)
+        if feature_columns is not None
+        else [h for h in header if h not in skip]
+    )
     missing = [f for f in features if f not in col]
     if missing or not features:
         raise DataError(f"feature columns missing from header: {missing or 'none given'}")
@@ -150,8 +171,9 @@ def parse_csv(text: str, label_column: str, feature_columns: Sequence[str] | Non
     return Dataset(x, y, tuple(features), task, n_classes, site_arr)
 
 
-def split_train_test(ds: Dataset, test_fraction: float, rng: np.random.Generator
-                     ) -> tuple[Dataset, Dataset]:
+def split_train_test(
+    ds: Dataset, test_fraction: float, rng: np.random.Generator
+) -> tuple[Dataset, Dataset]:
     """Held-out test split; stratified by label for classification."""
     if not 0 < test_fraction < 1:
         raise DataError("test_fraction must be in (0, 1)")
@@ -182,8 +204,13 @@ def partition_iid(m: int, n_clients: int, rng: np.random.Generator) -> list[Inde
     return [np.sort(p) for p in np.array_split(rng.permutation(m), n_clients)]
 
 
-def partition_label_skew(y: npt.NDArray[np.int64], n_clients: int, alpha: float,
-                         rng: np.random.Generator, min_size: int = 2) -> list[IndexArray]:
+def partition_label_skew(
+    y: npt.NDArray[np.int64],
+    n_clients: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_size: int = 2,
+) -> list[IndexArray]:
     """Per class, proportions over clients from Dirichlet(alpha); small alpha = strong skew.
 
     Redrawn (bounded) until every client has ``min_size`` samples."""
@@ -204,8 +231,9 @@ def partition_label_skew(y: npt.NDArray[np.int64], n_clients: int, alpha: float,
     raise DataError("could not draw a label-skew partition with min_size; raise alpha")
 
 
-def partition_quantity_skew(m: int, n_clients: int, alpha: float, rng: np.random.Generator,
-                            min_size: int = 2) -> list[IndexArray]:
+def partition_quantity_skew(
+    m: int, n_clients: int, alpha: float, rng: np.random.Generator, min_size: int = 2
+) -> list[IndexArray]:
     """Client sizes from Dirichlet(alpha) (labels IID), each at least ``min_size``."""
     if not alpha > 0:
         raise DataError("alpha must be > 0")

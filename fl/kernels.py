@@ -63,7 +63,10 @@ def compute_sorting_network(n: int, ranks_lo: int, ranks_hi: int) -> npt.NDArray
 
 @njit(cache=True)
 def _load_sorted_tile(
-    values: npt.NDArray[np.int16], pairs: npt.NDArray[np.int64], j0: int, width: int,
+    values: npt.NDArray[np.int16],
+    pairs: npt.NDArray[np.int64],
+    j0: int,
+    width: int,
     buf: npt.NDArray[np.int16],
 ) -> None:  # pragma: no cover
     """Copy ``values[:, j0:j0+width]`` into ``buf`` and run the comparator network row-wise.
@@ -73,7 +76,7 @@ def _load_sorted_tile(
     """
     n = values.shape[0]
     for i in range(n):
-        src = values[i, j0:j0 + width]
+        src = values[i, j0 : j0 + width]
         dst = buf[i]
         for k in range(width):
             dst[k] = src[k]
@@ -136,7 +139,9 @@ def compute_weighted_sums(
 
 
 @njit(cache=True, parallel=True)
-def compute_pairwise_sq_distances(values: npt.NDArray[np.int16]) -> npt.NDArray[np.int64]:  # pragma: no cover
+def compute_pairwise_sq_distances(
+    values: npt.NDArray[np.int16],
+) -> npt.NDArray[np.int64]:  # pragma: no cover
     """The exact ``n x n`` matrix of squared Euclidean distances between rows.
 
     Coordinates are cut into ``DIST_CHUNKS`` fixed chunks (parallel) and tiles
@@ -154,7 +159,7 @@ def compute_pairwise_sq_distances(values: npt.NDArray[np.int16]) -> npt.NDArray[
                 ra = values[i, t0:t1]
                 for j in range(i + 1, n):
                     rb = values[j, t0:t1]
-                    s = 0
+                    s = np.int64(0)
                     for k in range(t1 - t0):
                         diff = np.int64(ra[k]) - np.int64(rb[k])
                         s += diff * diff
@@ -174,12 +179,12 @@ def compute_pairwise_sq_distances(values: npt.NDArray[np.int16]) -> npt.NDArray[
 def compute_dots_with(
     values: npt.NDArray[np.int16], reference: npt.NDArray[np.int16]
 ) -> npt.NDArray[np.int64]:  # pragma: no cover
-    """Exact inner products ``<values[i], reference>`` and (last entry) ``<reference, reference>``."""
+    """Exact ``<values[i], reference>`` per row; the last entry is ``<reference, reference>``."""
     n, d = values.shape
     out = np.zeros(n + 1, dtype=np.int64)
     for i in prange(n + 1):
         row = values[i] if i < n else reference
-        s = 0
+        s = np.int64(0)
         for k in range(d):
             s += np.int64(row[k]) * np.int64(reference[k])
         out[i] = s
@@ -187,13 +192,15 @@ def compute_dots_with(
 
 
 @njit(cache=True, parallel=True)
-def compute_row_sq_norms(values: npt.NDArray[np.int16]) -> npt.NDArray[np.int64]:  # pragma: no cover
+def compute_row_sq_norms(
+    values: npt.NDArray[np.int16],
+) -> npt.NDArray[np.int64]:  # pragma: no cover
     """Exact squared L2 norm of every row."""
     n, d = values.shape
     out = np.zeros(n, dtype=np.int64)
     for i in prange(n):
         row = values[i]
-        s = 0
+        s = np.int64(0)
         for k in range(d):
             x = np.int64(row[k])
             s += x * x
@@ -225,7 +232,7 @@ def compute_bulyan_sums(
             med2 = np.int64(buf[m_lo, k]) + np.int64(buf[m_hi, k])
             lo = m_lo  # window is [lo, hi) in sorted order
             hi = m_lo
-            s = 0
+            s = np.int64(0)
             for _ in range(beta):
                 if hi >= n:
                     lo -= 1

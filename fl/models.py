@@ -86,18 +86,22 @@ def init_params(spec: ModelSpec, rng: np.random.Generator) -> FloatArray:
 
 def _check(spec: ModelSpec, params: FloatArray, x: FloatArray) -> None:
     if params.shape != (compute_param_count(spec),):
-        raise ModelSpecError(f"params shape {params.shape}, model needs ({compute_param_count(spec)},)")
+        raise ModelSpecError(
+            f"params shape {params.shape}, model needs ({compute_param_count(spec)},)"
+        )
     if x.ndim != 2 or x.shape[1] != spec.n_features:
         raise ModelSpecError(f"features shape {x.shape}, model needs (m, {spec.n_features})")
 
 
-def _unpack_mlp(spec: ModelSpec, p: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+def _unpack_mlp(
+    spec: ModelSpec, p: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     f, h, c = spec.n_features, spec.hidden, spec.n_classes
     a = f * h
     w1 = p[:a].reshape(f, h)
-    b1 = p[a:a + h]
-    w2 = p[a + h:a + h + h * c].reshape(h, c)
-    b2 = p[a + h + h * c:]
+    b1 = p[a : a + h]
+    w2 = p[a + h : a + h + h * c].reshape(h, c)
+    b2 = p[a + h + h * c :]
     return w1, b1, w2, b2
 
 
@@ -119,14 +123,15 @@ def compute_outputs(spec: ModelSpec, params: FloatArray, x: FloatArray) -> Float
         return np.asarray(x @ params[:f] + params[f])
     if spec.kind == "softmax":
         c = spec.n_classes
-        return np.asarray(x @ params[: f * c].reshape(f, c) + params[f * c:])
+        return np.asarray(x @ params[: f * c].reshape(f, c) + params[f * c :])
     w1, b1, w2, b2 = _unpack_mlp(spec, params)
     out = np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
     return np.asarray(out[:, 0] if spec.n_classes == 1 else out)
 
 
-def compute_loss_and_grad(spec: ModelSpec, params: FloatArray, x: FloatArray,
-                          y: npt.NDArray[np.generic]) -> tuple[float, FloatArray]:
+def compute_loss_and_grad(
+    spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]
+) -> tuple[float, FloatArray]:
     """Mean loss over the batch (+ L2) and its gradient with respect to ``params``."""
     _check(spec, params, x)
     m = x.shape[0]
@@ -147,10 +152,10 @@ def compute_loss_and_grad(spec: ModelSpec, params: FloatArray, x: FloatArray,
         grad[f] = r.sum() / m
     elif spec.kind == "softmax":
         c = spec.n_classes
-        logits = x @ params[: f * c].reshape(f, c) + params[f * c:]
+        logits = x @ params[: f * c].reshape(f, c) + params[f * c :]
         loss, g = _softmax_loss_grad(logits, y.astype(np.int64))
         grad[: f * c] = (x.T @ g).ravel()
-        grad[f * c:] = g.sum(axis=0)
+        grad[f * c :] = g.sum(axis=0)
     else:
         w1, b1, w2, b2 = _unpack_mlp(spec, params)
         pre = x @ w1 + b1
@@ -166,16 +171,18 @@ def compute_loss_and_grad(spec: ModelSpec, params: FloatArray, x: FloatArray,
         h, c = spec.hidden, spec.n_classes
         a = f * h
         grad[:a] = (x.T @ g_hid).ravel()
-        grad[a:a + h] = g_hid.sum(axis=0)
-        grad[a + h:a + h + h * c] = (hid.T @ g_out).ravel()
-        grad[a + h + h * c:] = g_out.sum(axis=0)
+        grad[a : a + h] = g_hid.sum(axis=0)
+        grad[a + h : a + h + h * c] = (hid.T @ g_out).ravel()
+        grad[a + h + h * c :] = g_out.sum(axis=0)
     if spec.l2 > 0:
         loss += 0.5 * spec.l2 * float(params @ params)
         grad += spec.l2 * params
     return loss, grad
 
 
-def evaluate_loss(spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]) -> float:
+def evaluate_loss(
+    spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]
+) -> float:
     return compute_loss_and_grad(spec, params, x, y)[0]
 
 
@@ -189,13 +196,17 @@ def predict(spec: ModelSpec, params: FloatArray, x: FloatArray) -> npt.NDArray[n
     return np.asarray(np.argmax(out, axis=1), dtype=np.int64)
 
 
-def compute_accuracy(spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]) -> float:
+def compute_accuracy(
+    spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]
+) -> float:
     if spec.is_regression:
         raise ModelSpecError("accuracy is for classification models")
     return float(np.mean(predict(spec, params, x) == y))
 
 
-def compute_r2(spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]) -> float:
+def compute_r2(
+    spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic]
+) -> float:
     """Coefficient of determination for regression models."""
     pred = predict(spec, params, x).astype(np.float64)
     yf = y.astype(np.float64)

@@ -77,7 +77,9 @@ def verify_quantized(values: npt.NDArray[np.generic], scale_exp: int) -> None:
     if values.size and int(values.min()) < -Q_MAX_INT16:
         raise QuantizationError("quantised value -32768 is outside the symmetric range")
     if not isinstance(scale_exp, int) or not SCALE_EXP_MIN <= scale_exp <= SCALE_EXP_MAX:
-        raise QuantizationError(f"scale exponent {scale_exp!r} not in [{SCALE_EXP_MIN}, {SCALE_EXP_MAX}]")
+        raise QuantizationError(
+            f"scale exponent {scale_exp!r} not in [{SCALE_EXP_MIN}, {SCALE_EXP_MAX}]"
+        )
 
 
 def quantize(x: npt.ArrayLike, scale_exp: int) -> QuantizedVector:

@@ -27,7 +27,7 @@ def reference_median(x: FloatArray) -> FloatArray:
 
 def reference_trimmed_mean(x: FloatArray, f: int) -> FloatArray:
     s = np.sort(x, axis=0)
-    return np.asarray(s[f: x.shape[0] - f].mean(axis=0), dtype=np.float64)
+    return np.asarray(s[f : x.shape[0] - f].mean(axis=0), dtype=np.float64)
 
 
 def reference_sq_distances(x: FloatArray) -> FloatArray:
@@ -46,7 +46,9 @@ def reference_krum(x: FloatArray, f: int) -> tuple[FloatArray, int]:
     return x[best].copy(), best
 
 
-def reference_multi_krum(x: FloatArray, w: FloatArray, f: int, m: int) -> tuple[FloatArray, list[int]]:
+def reference_multi_krum(
+    x: FloatArray, w: FloatArray, f: int, m: int
+) -> tuple[FloatArray, list[int]]:
     scores = reference_krum_scores(reference_sq_distances(x), list(range(x.shape[0])), f)
     chosen = sorted(sorted(scores, key=lambda i: (scores[i], i))[:m])
     return reference_mean(x[chosen], w[chosen]), chosen
@@ -77,7 +79,9 @@ def reference_bulyan(x: FloatArray, f: int) -> tuple[FloatArray, list[int]]:
     return out, chosen
 
 
-def reference_geometric_median(x: FloatArray, w: FloatArray, iterations: int, nu: float) -> FloatArray:
+def reference_geometric_median(
+    x: FloatArray, w: FloatArray, iterations: int, nu: float
+) -> FloatArray:
     z = reference_mean(x, w)
     for _ in range(iterations):
         c = w / np.maximum(nu, np.linalg.norm(x - z, axis=1))
@@ -85,8 +89,9 @@ def reference_geometric_median(x: FloatArray, w: FloatArray, iterations: int, nu
     return z
 
 
-def reference_centered_clipping(x: FloatArray, w: FloatArray, tau: float, iterations: int,
-                                start: FloatArray | None) -> FloatArray:
+def reference_centered_clipping(
+    x: FloatArray, w: FloatArray, tau: float, iterations: int, start: FloatArray | None
+) -> FloatArray:
     v = np.median(x, axis=0) if start is None else start.copy()
     for _ in range(iterations):
         diff = x - v
@@ -122,8 +127,13 @@ def reference_nnm(x: FloatArray, f: int) -> FloatArray:
     return out
 
 
-def reference_aggregate(rule: str, x: FloatArray, w: FloatArray, params: Mapping[str, float],
-                        reference: FloatArray | None = None) -> FloatArray:
+def reference_aggregate(
+    rule: str,
+    x: FloatArray,
+    w: FloatArray,
+    params: Mapping[str, float],
+    reference: FloatArray | None = None,
+) -> FloatArray:
     """Dispatch by rule name (same names and parameters as ``fl.aggregation.RULES``)."""
     f = int(params.get("f", 1))
     if rule == "mean":
@@ -139,11 +149,13 @@ def reference_aggregate(rule: str, x: FloatArray, w: FloatArray, params: Mapping
     if rule == "bulyan":
         return reference_bulyan(x, f)[0]
     if rule == "geometric_median":
-        return reference_geometric_median(x, w, int(params.get("iterations", 8)),
-                                          float(params.get("nu", 1e-6)))
+        return reference_geometric_median(
+            x, w, int(params.get("iterations", 8)), float(params.get("nu", 1e-6))
+        )
     if rule == "centered_clipping":
-        return reference_centered_clipping(x, w, float(params.get("tau", 1.0)),
-                                           int(params.get("iterations", 3)), reference)
+        return reference_centered_clipping(
+            x, w, float(params.get("tau", 1.0)), int(params.get("iterations", 3)), reference
+        )
     if rule == "fltrust":
         assert reference is not None
         return reference_fltrust(x, reference)[0]

@@ -18,18 +18,42 @@ import numpy as np
 
 from fl import attacks
 from fl.aggregation import RULES, AggregationInputError, ParamValue, aggregate
-from fl.data import Dataset, Standardizer, load_breast_cancer_data, partition_label_skew, split_train_test
+from fl.data import (
+    Dataset,
+    Standardizer,
+    load_breast_cancer_data,
+    partition_label_skew,
+    split_train_test,
+)
 from fl.models import FloatArray, ModelSpec, compute_accuracy, init_params
 from fl.quantize import QuantizedVector, quantize, stack_updates
 from fl.training import TrainConfig, derive_seed, train_local
 
 ATTACKS = (
-    "none", "sign_flip", "label_flip", "gaussian", "alie", "ipm", "mimic", "min_max",
-    "model_replacement", "free_rider_zero", "free_rider_stale",
+    "none",
+    "sign_flip",
+    "label_flip",
+    "gaussian",
+    "alie",
+    "ipm",
+    "mimic",
+    "min_max",
+    "model_replacement",
+    "free_rider_zero",
+    "free_rider_stale",
 )
 DEFAULT_RULES = (
-    "mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
-    "centered_clipping", "fltrust", "nnm+median", "clip+mean",
+    "mean",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clipping",
+    "fltrust",
+    "nnm+median",
+    "clip+mean",
 )
 ROUNDS_MAX = 1000
 
@@ -40,8 +64,11 @@ class RobustnessConfig:
     n_byzantine: int = 3
     alpha: float = 1.0
     rounds: int = 30
-    local: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=0.1,
-                                                                    batch_size=16, momentum=0.9))
+    local: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=1, learning_rate=0.1, batch_size=16, momentum=0.9
+        )
+    )
     l2: float = 1e-3
     scale_exp: int = 12
     test_fraction: float = 0.2
@@ -93,13 +120,17 @@ def build_federation(config: RobustnessConfig, data: Dataset | None = None) -> F
     ds = data if data is not None else load_breast_cancer_data()
     train, test = split_train_test(ds, config.test_fraction, rng)
     scaler = Standardizer.fit(train.x)
-    train = Dataset(scaler.apply(train.x), train.y, train.feature_names, train.task, train.n_classes)
+    train = Dataset(
+        scaler.apply(train.x), train.y, train.feature_names, train.task, train.n_classes
+    )
     test = Dataset(scaler.apply(test.x), test.y, test.feature_names, test.task, test.n_classes)
     order = rng.permutation(train.x.shape[0])
     root = train.subset(np.sort(order[: config.root_size]))
-    rest = train.subset(np.sort(order[config.root_size:]))
+    rest = train.subset(np.sort(order[config.root_size :]))
     parts = partition_label_skew(rest.y.astype(np.int64), config.n_clients, config.alpha, rng, 4)
-    byzantine = tuple(sorted(int(i) for i in rng.permutation(config.n_clients)[: config.n_byzantine]))
+    byzantine = tuple(
+        sorted(int(i) for i in rng.permutation(config.n_clients)[: config.n_byzantine])
+    )
     kind = "logistic" if ds.n_classes == 2 else "softmax"
     spec = ModelSpec(kind, ds.x.shape[1], ds.n_classes, l2=config.l2)
     return Federation(spec, tuple(rest.subset(p) for p in parts), test, root, byzantine)
@@ -120,13 +151,26 @@ def _pre_params(pre: str, config: RobustnessConfig) -> dict[str, ParamValue]:
 
 def _local_config(config: RobustnessConfig, round_no: int, client: int) -> TrainConfig:
     c = config.local
-    return TrainConfig(c.epochs, c.learning_rate, c.batch_size, c.momentum,
-                       derive_seed(config.seed, 2, round_no, client))
+    return TrainConfig(
+        c.epochs,
+        c.learning_rate,
+        c.batch_size,
+        c.momentum,
+        derive_seed(config.seed, 2, round_no, client),
+    )
 
 
-def _byzantine_update(attack: str, fed: Federation, config: RobustnessConfig, params: FloatArray,
-                      honest: FloatArray, client: int, round_no: int, last_global: FloatArray | None,
-                      rng: np.random.Generator) -> FloatArray:
+def _byzantine_update(
+    attack: str,
+    fed: Federation,
+    config: RobustnessConfig,
+    params: FloatArray,
+    honest: FloatArray,
+    client: int,
+    round_no: int,
+    last_global: FloatArray | None,
+    rng: np.random.Generator,
+) -> FloatArray:
     shard = fed.shards[client]
     local = _local_config(config, round_no, client)
     n, f = config.n_clients, config.n_byzantine
@@ -154,8 +198,9 @@ def _byzantine_update(attack: str, fed: Federation, config: RobustnessConfig, pa
         delta = train_local(fed.spec, params, xs, ys, local) - params
         return attacks.compute_model_replacement(delta, n / max(1, f))
     if attack.startswith("free_rider_"):
-        return attacks.compute_free_rider(attack.removeprefix("free_rider_"), params.size,
-                                          last_global, rng)
+        return attacks.compute_free_rider(
+            attack.removeprefix("free_rider_"), params.size, last_global, rng
+        )
     raise ValueError(f"unknown attack {attack!r}")
 
 
@@ -168,14 +213,16 @@ def compute_backdoor_success(spec: ModelSpec, params: FloatArray, test: Dataset)
     return compute_accuracy(spec, params, x, np.ones(int(mask.sum()), dtype=np.int64))
 
 
-def _server_reference(fed: Federation, config: RobustnessConfig, params: FloatArray,
-                      round_no: int) -> FloatArray:
+def _server_reference(
+    fed: Federation, config: RobustnessConfig, params: FloatArray, round_no: int
+) -> FloatArray:
     local = _local_config(config, round_no, 10_000)
     return train_local(fed.spec, params, fed.root.x, fed.root.y, local) - params
 
 
-def run_federated(fed: Federation, config: RobustnessConfig, rule_name: str, attack: str
-                  ) -> dict[str, float | int | str]:
+def run_federated(
+    fed: Federation, config: RobustnessConfig, rule_name: str, attack: str
+) -> dict[str, float | int | str]:
     """Train ``config.rounds`` rounds under ``attack`` aggregated by ``rule_name``."""
     rule, pre = parse_rule(rule_name)
     rng = np.random.default_rng(derive_seed(config.seed, 3))
@@ -190,19 +237,31 @@ def run_federated(fed: Federation, config: RobustnessConfig, rule_name: str, att
         for c in ids:
             if c not in byz:
                 shard = fed.shards[c]
-                deltas[c] = train_local(fed.spec, params, shard.x, shard.y,
-                                        _local_config(config, round_no, c)) - params
+                deltas[c] = (
+                    train_local(
+                        fed.spec, params, shard.x, shard.y, _local_config(config, round_no, c)
+                    )
+                    - params
+                )
         honest = np.stack([deltas[c] for c in ids if c not in byz])
         for c in sorted(byz):
-            deltas[c] = _byzantine_update(attack, fed, config, params, honest, c, round_no,
-                                          last_global, rng)
+            deltas[c] = _byzantine_update(
+                attack, fed, config, params, honest, c, round_no, last_global, rng
+            )
         vectors = [quantize(deltas[c], config.scale_exp) for c in ids]
         saturated += sum(v.saturated_count for v in vectors)
         reference: QuantizedVector | None = None
         if rule == "fltrust":
             reference = quantize(_server_reference(fed, config, params, round_no), config.scale_exp)
-        result = aggregate(rule, stack_updates(vectors), ids, weights, _rule_params(rule, config),
-                           reference, [(p, _pre_params(p, config)) for p in pre])
+        result = aggregate(
+            rule,
+            stack_updates(vectors),
+            ids,
+            weights,
+            _rule_params(rule, config),
+            reference,
+            [(p, _pre_params(p, config)) for p in pre],
+        )
         params = params + result.aggregate
         last_global = result.aggregate
     out: dict[str, float | int | str] = {
@@ -219,14 +278,22 @@ def run_centralised(fed: Federation, config: RobustnessConfig, epochs: int = 0) 
     x = np.concatenate([s.x for s in fed.shards])
     y = np.concatenate([s.y for s in fed.shards])
     c = config.local
-    local = TrainConfig(epochs or config.rounds * c.epochs, c.learning_rate, c.batch_size, c.momentum,
-                        derive_seed(config.seed, 4))
+    local = TrainConfig(
+        epochs or config.rounds * c.epochs,
+        c.learning_rate,
+        c.batch_size,
+        c.momentum,
+        derive_seed(config.seed, 4),
+    )
     params = train_local(fed.spec, init_params(fed.spec, np.random.default_rng(0)), x, y, local)
     return compute_accuracy(fed.spec, params, fed.test.x, fed.test.y)
 
 
-def run_robustness(config: RobustnessConfig, rules: Sequence[str] | None = None,
-                   attack_list: Sequence[str] | None = None) -> dict[str, object]:
+def run_robustness(
+    config: RobustnessConfig,
+    rules: Sequence[str] | None = None,
+    attack_list: Sequence[str] | None = None,
+) -> dict[str, object]:
     """Accuracy of every rule under every attack; ``error`` where a rule rejects the setting."""
     fed = build_federation(config)
     table: dict[str, dict[str, Mapping[str, float | int | str]]] = {}

@@ -43,11 +43,18 @@ class TrainConfig:
 
 def derive_seed(base_seed: int, *path: int) -> int:
     """A 63-bit seed for one (round, client, ...) from the run's seed."""
-    return int(np.random.SeedSequence([base_seed, *path]).generate_state(2, dtype=np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([base_seed, *path]).generate_state(2, dtype=np.uint64)[0] >> 1
+    )
 
 
-def train_local(spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic],
-                config: TrainConfig) -> FloatArray:
+def train_local(
+    spec: ModelSpec,
+    params: FloatArray,
+    x: FloatArray,
+    y: npt.NDArray[np.generic],
+    config: TrainConfig,
+) -> FloatArray:
     """SGD with momentum from ``params`` over ``config.epochs`` shuffled passes of the data."""
     m = x.shape[0]
     if m == 0:
@@ -58,16 +65,23 @@ def train_local(spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArr
     for _ in range(config.epochs):
         order = rng.permutation(m)
         for start in range(0, m, config.batch_size):
-            batch = order[start:start + config.batch_size]
+            batch = order[start : start + config.batch_size]
             _, grad = compute_loss_and_grad(spec, w, x[batch], y[batch])
             velocity = config.momentum * velocity + grad
             w -= config.learning_rate * velocity
     if not np.all(np.isfinite(w)):
-        raise FloatingPointError("training diverged (non-finite parameters); lower the learning rate")
+        raise FloatingPointError(
+            "training diverged (non-finite parameters); lower the learning rate"
+        )
     return w
 
 
-def compute_update(spec: ModelSpec, params: FloatArray, x: FloatArray, y: npt.NDArray[np.generic],
-                   config: TrainConfig) -> FloatArray:
+def compute_update(
+    spec: ModelSpec,
+    params: FloatArray,
+    x: FloatArray,
+    y: npt.NDArray[np.generic],
+    config: TrainConfig,
+) -> FloatArray:
     """The model delta ``train_local(...) - params`` a client submits."""
     return train_local(spec, params, x, y, config) - params

@@ -12,6 +12,7 @@ time per rule and the SHA-256 of every aggregate, and writes JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fl import reference as ref
-from fl.aggregation import aggregate, compute_aggregate_digest
+from fl.aggregation import ParamValue, aggregate, compute_aggregate_digest
 from fl.quantize import QuantizedUpdates, dequantize
 
 BENCH_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan")
@@ -50,8 +51,9 @@ def _f_for(n: int) -> int:
     return max(1, (n - 3) // 4)  # the largest f Bulyan accepts (n >= 4f + 3)
 
 
-def _flower_fn(fa: Any, rule: str, results: list[tuple[list[np.ndarray], int]], f: int
-               ) -> Callable[[], object] | None:
+def _flower_fn(
+    fa: Any, rule: str, results: list[tuple[list[np.ndarray], int]], f: int
+) -> Callable[[], object] | None:
     if rule == "mean":
         return lambda: fa.aggregate(results)
     if rule == "median":
@@ -67,8 +69,15 @@ def _flower_fn(fa: Any, rule: str, results: list[tuple[list[np.ndarray], int]], 
     return None
 
 
-def run_case(n: int, d: int, rules: tuple[str, ...], repeats: int, flower: Any | None,
-             flower_max_d: int, seed: int) -> dict[str, Any]:
+def run_case(
+    n: int,
+    d: int,
+    rules: tuple[str, ...],
+    repeats: int,
+    flower: Any | None,
+    flower_max_d: int,
+    seed: int,
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     values = rng.integers(-4000, 4001, size=(n, d)).astype(np.int16)
     updates = QuantizedUpdates(values, SCALE_EXP)
@@ -77,22 +86,29 @@ def run_case(n: int, d: int, rules: tuple[str, ...], repeats: int, flower: Any |
     ids = list(range(n))
     f = _f_for(n)
     results = [([x[i]], 1) for i in range(n)]
-    case: dict[str, Any] = {"n": n, "d": d, "f": f,
-                            "read_once_ms": _best_ms(lambda: values.max(), max(3, repeats)),
-                            "rules": {}}
+    case: dict[str, Any] = {
+        "n": n,
+        "d": d,
+        "f": f,
+        "read_once_ms": _best_ms(lambda: values.max(), max(3, repeats)),
+        "rules": {},
+    }
     for rule in rules:
-        params = {"f": f} if rule in ("trimmed_mean", "krum", "multi_krum", "bulyan") else {}
+        params: dict[str, ParamValue] = (
+            {"f": f} if rule in ("trimmed_mean", "krum", "multi_krum", "bulyan") else {}
+        )
+        exact = functools.partial(aggregate, rule, updates, ids, None, params)
+        numpy_ref = functools.partial(ref.reference_aggregate, rule, x, w, params)
         t0 = time.perf_counter()
         first = aggregate(rule, updates, ids, None, params)
         first_ms = (time.perf_counter() - t0) * 1e3
         entry: dict[str, Any] = {
             "first_call_ms": first_ms,
-            "exact_ms": _best_ms(lambda r=rule, p=params: aggregate(r, updates, ids, None, p), repeats),
+            "exact_ms": _best_ms(exact, repeats),
             "sha256": compute_aggregate_digest(first).hex(),
             "selected_count": len(first.selected),
         }
-        entry["numpy_ms"] = _best_ms(lambda r=rule, p=params: ref.reference_aggregate(r, x, w, p),
-                                     1 if rule == "bulyan" else repeats)
+        entry["numpy_ms"] = _best_ms(numpy_ref, 1 if rule == "bulyan" else repeats)
         entry["read_once_ratio"] = entry["exact_ms"] / case["read_once_ms"]
         fn = _flower_fn(flower, rule, results, f) if flower is not None else None
         if fn is None:
@@ -142,10 +158,12 @@ def main(argv: list[str]) -> int:
             report["cases"].append(case)
             for rule, e in case["rules"].items():
                 fl_ms = "n/a" if e["flower_ms"] is None else f"{e['flower_ms']:.1f}"
-                print(f"n={n:<4} d={d:<8} {rule:<14} exact {e['exact_ms']:8.1f} ms  "
-                      f"numpy {e['numpy_ms']:8.1f} ms  flower {fl_ms:>8} ms  "
-                      f"read-once x{e['read_once_ratio']:.1f}  first {e['first_call_ms']:.0f} ms",
-                      flush=True)
+                print(
+                    f"n={n:<4} d={d:<8} {rule:<14} exact {e['exact_ms']:8.1f} ms  "
+                    f"numpy {e['numpy_ms']:8.1f} ms  flower {fl_ms:>8} ms  "
+                    f"read-once x{e['read_once_ratio']:.1f}  first {e['first_call_ms']:.0f} ms",
+                    flush=True,
+                )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

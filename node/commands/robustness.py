@@ -48,7 +48,9 @@ def _plot(report: dict[str, object], path: Path) -> None:
     for k, rule in enumerate(rules):
         accs = [float(results[a][rule].get("accuracy", 0.0)) for a in attacks]
         ax.bar([i + k * width for i in range(len(attacks))], accs, width, label=rule)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(attacks))], attacks, rotation=30, ha="right")
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(attacks))], attacks, rotation=30, ha="right"
+    )
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.axhline(float(report["centralised_accuracy"]), color="k", ls="--", lw=1, label="centralised")  # type: ignore[arg-type]
@@ -69,7 +71,9 @@ def _print_table(report: dict[str, object]) -> None:
         cells = []
         for r in rules:
             cell = results[a][r]
-            cells.append(f"{cell['accuracy']:.3f}".rjust(12) if "accuracy" in cell else "n/a".rjust(12))
+            cells.append(
+                f"{cell['accuracy']:.3f}".rjust(12) if "accuracy" in cell else "n/a".rjust(12)
+            )
         print(a.ljust(18) + "".join(cells))
     print(f"centralised accuracy: {report['centralised_accuracy']:.3f}")
 
@@ -79,9 +83,15 @@ def main(argv: list[str]) -> int:
     rules = tuple(r for r in args.rules.split(",") if r)
     attacks = tuple(a for a in args.attacks.split(",") if a)
     try:
-        config = RobustnessConfig(n_clients=args.clients, n_byzantine=args.byzantine,
-                                  rounds=args.rounds, alpha=args.alpha, seed=args.seed,
-                                  rules=rules, attacks=attacks)
+        config = RobustnessConfig(
+            n_clients=args.clients,
+            n_byzantine=args.byzantine,
+            rounds=args.rounds,
+            alpha=args.alpha,
+            seed=args.seed,
+            rules=rules,
+            attacks=attacks,
+        )
         if args.quick:
             config = replace(config, rounds=5, rules=QUICK_RULES, attacks=QUICK_ATTACKS)
     except ValueError as exc:

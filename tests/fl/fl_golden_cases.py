@@ -14,7 +14,9 @@ import numpy as np
 from fl.aggregation import ParamValue, aggregate, compute_aggregate_digest
 from fl.quantize import QuantizedUpdates, QuantizedVector
 
-CASES: dict[str, tuple[str, dict[str, ParamValue], tuple[tuple[str, dict[str, ParamValue]], ...]]] = {
+CASES: dict[
+    str, tuple[str, dict[str, ParamValue], tuple[tuple[str, dict[str, ParamValue]], ...]]
+] = {
     "mean": ("mean", {}, ()),
     "median": ("median", {}, ()),
     "trimmed_mean": ("trimmed_mean", {"f": 3}, ()),
@@ -29,13 +31,16 @@ CASES: dict[str, tuple[str, dict[str, ParamValue], tuple[tuple[str, dict[str, Pa
 }
 
 
-def make_inputs(n: int = 16, d: int = 20_000, seed: int = 7) -> tuple[QuantizedUpdates, QuantizedVector,
-                                                                       list[int], list[int]]:
+def make_inputs(
+    n: int = 16, d: int = 20_000, seed: int = 7
+) -> tuple[QuantizedUpdates, QuantizedVector, list[int], list[int]]:
     rng = np.random.default_rng(seed)
     honest = rng.normal(0.1, 0.05, size=(n, d))
     honest[:3] = rng.normal(-2.0, 1.0, size=(3, d))  # three Byzantine rows
     q = np.clip(np.rint(np.ldexp(honest, 10)), -32767, 32767).astype(np.int16)
-    ref = np.clip(np.rint(np.ldexp(rng.normal(0.1, 0.05, size=d), 10)), -32767, 32767).astype(np.int16)
+    ref = np.clip(np.rint(np.ldexp(rng.normal(0.1, 0.05, size=d), 10)), -32767, 32767).astype(
+        np.int16
+    )
     ids = [int(i) for i in rng.permutation(1000)[:n]]
     weights = [int(w) for w in rng.integers(1, 100, size=n)]
     return QuantizedUpdates(q, 10), QuantizedVector(ref, 10, 0), ids, weights
