@@ -127,7 +127,7 @@ def compute_weighted_sums(
     for t in prange(n_tiles):
         j0 = t * DIST_TILE_COORDS
         j1 = min(d, j0 + DIST_TILE_COORDS)
-        acc = out[j0:j1]
+        acc = np.zeros(j1 - j0, dtype=np.int64)  # local: no aliasing with the rows
         for i in range(n):
             w = weights[i]
             if w == 0:
@@ -135,17 +135,18 @@ def compute_weighted_sums(
             row = values[i, j0:j1]
             for k in range(j1 - j0):
                 acc[k] += w * np.int64(row[k])
+        out[j0:j1] = acc
     return out
 
 
 @njit(cache=True, parallel=True)
-def compute_pairwise_sq_distances(
-    values: npt.NDArray[np.int16],
-) -> npt.NDArray[np.int64]:  # pragma: no cover
-    """The exact ``n x n`` matrix of squared Euclidean distances between rows.
+def compute_gram(values: npt.NDArray[np.int16]) -> npt.NDArray[np.int64]:  # pragma: no cover
+    """The exact ``n x n`` Gram matrix ``<values[i], values[j]>`` (upper triangle filled).
 
     Coordinates are cut into ``DIST_CHUNKS`` fixed chunks (parallel) and tiles
-    that stay in L1; 1-D row views let LLVM vectorise the int64 inner loop.
+    that stay in L1.  Row ``i`` is multiplied against four rows at once so each
+    load of ``values[i]`` feeds four accumulators; 1-D row views let LLVM
+    vectorise the int64 loop.  Integer sums: exact in any order.
     """
     n, d = values.shape
     chunk = (d + DIST_CHUNKS - 1) // DIST_CHUNKS
@@ -155,23 +156,62 @@ def compute_pairwise_sq_distances(
         hi = min(d, lo + chunk)
         for t0 in range(lo, hi, DIST_TILE_COORDS):
             t1 = min(hi, t0 + DIST_TILE_COORDS)
+            width = t1 - t0
             for i in range(n):
                 ra = values[i, t0:t1]
-                for j in range(i + 1, n):
+                j = i
+                while j + 3 < n:
+                    r0 = values[j, t0:t1]
+                    r1 = values[j + 1, t0:t1]
+                    r2 = values[j + 2, t0:t1]
+                    r3 = values[j + 3, t0:t1]
+                    s0 = np.int64(0)
+                    s1 = np.int64(0)
+                    s2 = np.int64(0)
+                    s3 = np.int64(0)
+                    for k in range(width):
+                        x = np.int64(ra[k])
+                        s0 += x * r0[k]
+                        s1 += x * r1[k]
+                        s2 += x * r2[k]
+                        s3 += x * r3[k]
+                    partial[c, i, j] += s0
+                    partial[c, i, j + 1] += s1
+                    partial[c, i, j + 2] += s2
+                    partial[c, i, j + 3] += s3
+                    j += 4
+                while j < n:
                     rb = values[j, t0:t1]
                     s = np.int64(0)
-                    for k in range(t1 - t0):
-                        diff = np.int64(ra[k]) - np.int64(rb[k])
-                        s += diff * diff
+                    for k in range(width):
+                        s += np.int64(ra[k]) * rb[k]
                     partial[c, i, j] += s
+                    j += 1
     out = np.zeros((n, n), dtype=np.int64)
     for c in range(DIST_CHUNKS):
         for i in range(n):
-            for j in range(i + 1, n):
+            for j in range(i, n):
                 out[i, j] += partial[c, i, j]
+    return out
+
+
+@njit(cache=True)
+def compute_pairwise_sq_distances(
+    values: npt.NDArray[np.int16],
+) -> npt.NDArray[np.int64]:  # pragma: no cover
+    """The exact ``n x n`` matrix of squared distances, ``G_ii + G_jj - 2 G_ij`` in int64.
+
+    Bounds: ``|G_ij| <= d * 2**30`` and ``D_ij <= d * 2**32``, both far below
+    ``2**63`` for ``d <= D_MAX = 2**21``.
+    """
+    n = values.shape[0]
+    gram = compute_gram(values)
+    out = np.zeros((n, n), dtype=np.int64)
     for i in range(n):
         for j in range(i + 1, n):
-            out[j, i] = out[i, j]
+            dist = gram[i, i] + gram[j, j] - 2 * gram[i, j]
+            out[i, j] = dist
+            out[j, i] = dist
     return out
 
 

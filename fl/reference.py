@@ -70,13 +70,10 @@ def reference_bulyan(x: FloatArray, f: int) -> tuple[FloatArray, list[int]]:
     beta = theta - 2 * f
     sub = np.sort(x[chosen], axis=0)
     med = np.median(sub, axis=0)
-    out = np.empty(x.shape[1])
-    for k in range(x.shape[1]):
-        col = sub[:, k]
-        # beta closest to the median; lower value wins a tie (stable sort on sorted values)
-        order = np.argsort(np.abs(col - med[k]), kind="stable")
-        out[k] = col[order[:beta]].mean()
-    return out, chosen
+    # beta closest to the median per coordinate; a stable sort over sorted values
+    # lets the lower value win a tie, as in the exact kernel
+    order = np.argsort(np.abs(sub - med), axis=0, kind="stable")[:beta]
+    return np.take_along_axis(sub, order, axis=0).mean(axis=0), chosen
 
 
 def reference_geometric_median(

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +70,18 @@ def _flower_fn(
     return None
 
 
-def run_case(
-    n: int,
-    d: int,
-    rules: tuple[str, ...],
-    repeats: int,
-    flower: Any | None,
-    flower_max_d: int,
-    seed: int,
-) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True)
+class BenchOptions:
+    rules: tuple[str, ...]
+    repeats: int
+    flower_repeats: int
+    flower_max_d: int
+    flower_bulyan_max_n: int
+    seed: int
+
+
+def run_case(n: int, d: int, opts: BenchOptions, flower: Any | None) -> dict[str, Any]:
+    rng = np.random.default_rng(opts.seed)
     values = rng.integers(-4000, 4001, size=(n, d)).astype(np.int16)
     updates = QuantizedUpdates(values, SCALE_EXP)
     x = dequantize(values, SCALE_EXP)
@@ -90,10 +93,10 @@ def run_case(
         "n": n,
         "d": d,
         "f": f,
-        "read_once_ms": _best_ms(lambda: values.max(), max(3, repeats)),
+        "read_once_ms": _best_ms(lambda: values.max(), max(3, opts.repeats)),
         "rules": {},
     }
-    for rule in rules:
+    for rule in opts.rules:
         params: dict[str, ParamValue] = (
             {"f": f} if rule in ("trimmed_mean", "krum", "multi_krum", "bulyan") else {}
         )
@@ -104,21 +107,24 @@ def run_case(
         first_ms = (time.perf_counter() - t0) * 1e3
         entry: dict[str, Any] = {
             "first_call_ms": first_ms,
-            "exact_ms": _best_ms(exact, repeats),
+            "exact_ms": _best_ms(exact, opts.repeats),
             "sha256": compute_aggregate_digest(first).hex(),
             "selected_count": len(first.selected),
         }
-        entry["numpy_ms"] = _best_ms(numpy_ref, 1 if rule == "bulyan" else repeats)
+        entry["numpy_ms"] = _best_ms(numpy_ref, 1 if rule == "bulyan" else opts.repeats)
         entry["read_once_ratio"] = entry["exact_ms"] / case["read_once_ms"]
         fn = _flower_fn(flower, rule, results, f) if flower is not None else None
         if fn is None:
             entry["flower_ms"] = None
             entry["flower"] = "unavailable" if flower is None else "no equivalent"
-        elif d > flower_max_d:
+        elif d > opts.flower_max_d:
             entry["flower_ms"] = None
-            entry["flower"] = f"skipped (d > --flower-max-d {flower_max_d})"
+            entry["flower"] = f"skipped (d > --flower-max-d {opts.flower_max_d})"
+        elif rule == "bulyan" and n > opts.flower_bulyan_max_n:
+            entry["flower_ms"] = None
+            entry["flower"] = f"skipped (n > --flower-bulyan-max-n {opts.flower_bulyan_max_n})"
         else:
-            entry["flower_ms"] = _best_ms(fn, 1 if rule == "bulyan" else repeats)
+            entry["flower_ms"] = _best_ms(fn, opts.flower_repeats)
             entry["speedup_vs_flower"] = entry["flower_ms"] / entry["exact_ms"]
         case["rules"][rule] = entry
     return case
@@ -136,6 +142,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-flower", action="store_true", help="do not import flwr")
     p.add_argument("--flower-max-d", type=int, default=10**7, help="skip Flower above this d")
+    p.add_argument("--flower-repeats", type=int, default=1, help="repeats for Flower (slow)")
+    p.add_argument(
+        "--flower-bulyan-max-n",
+        type=int,
+        default=50,
+        help="skip Flower's Bulyan above this n (it runs n - 2f full Krums)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/aggregation.json")
     args = p.parse_args(argv)
@@ -144,6 +157,14 @@ def main(argv: list[str]) -> int:
     if bad or args.repeats < 1:
         print(f"bcfl bench aggregation: bad rules {bad} or repeats", file=sys.stderr)
         return 2
+    opts = BenchOptions(
+        rules,
+        args.repeats,
+        max(1, args.flower_repeats),
+        args.flower_max_d,
+        args.flower_bulyan_max_n,
+        args.seed,
+    )
     flower = None if args.no_flower else _flower()
     import numba
 
@@ -154,7 +175,7 @@ def main(argv: list[str]) -> int:
     }
     for n in _ints(args.n):
         for d in _ints(args.d):
-            case = run_case(n, d, rules, args.repeats, flower, args.flower_max_d, args.seed)
+            case = run_case(n, d, opts, flower)
             report["cases"].append(case)
             for rule, e in case["rules"].items():
                 fl_ms = "n/a" if e["flower_ms"] is None else f"{e['flower_ms']:.1f}"
