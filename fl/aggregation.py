@@ -46,7 +46,7 @@ ParamValue = int | float
 EXACT_FLOAT_MAX = 2**53
 WEISZFELD_ITERATIONS_MAX = 100
 CCLIP_ITERATIONS_MAX = 100
-SMALL_INPUT_ENTRIES = 1 << 18  # below this many n*d entries, kernels run on one thread
+SMALL_INPUT_ENTRIES = 1 << 22  # below this many n*d entries (8 MiB), kernels use one thread
 PRE_AGGREGATORS_MAX = 4
 
 

@@ -130,6 +130,49 @@ def run_case(n: int, d: int, opts: BenchOptions, flower: Any | None) -> dict[str
     return case
 
 
+_COLD_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from fl.aggregation import aggregate
+from fl.quantize import QuantizedUpdates
+out = {"import_ms": (time.perf_counter() - t0) * 1e3}
+v = np.random.default_rng(0).integers(-100, 101, size=(11, 1000)).astype(np.int16)
+u = QuantizedUpdates(v, 12)
+for rule in sys.argv[1].split(","):
+    p = {"f": 2} if rule in ("trimmed_mean", "krum", "multi_krum", "bulyan") else {}
+    t0 = time.perf_counter()
+    aggregate(rule, u, list(range(11)), None, p)
+    out[rule] = (time.perf_counter() - t0) * 1e3
+print(json.dumps(out))
+"""
+
+
+def measure_cold_compile(rules: tuple[str, ...]) -> dict[str, float]:
+    """First-call time per rule in a fresh process with an empty Numba cache directory,
+    then again in a fresh process that reuses the cache (``cache=True``)."""
+    import os
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[2]
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=str(root))
+        for label in ("cold_cache", "warm_cache"):
+            proc = subprocess.run(
+                [sys.executable, "-c", _COLD_SCRIPT, ",".join(rules)],
+                env=env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
+            )
+            result[label] = json.loads(proc.stdout)
+    return result
+
+
 def _ints(text: str) -> list[int]:
     return [int(float(v)) for v in text.split(",") if v]
 
@@ -148,6 +191,12 @@ def main(argv: list[str]) -> int:
         type=int,
         default=50,
         help="skip Flower's Bulyan above this n (it runs n - 2f full Krums)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="Numba threads (0: Numba's default)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time first calls in fresh processes with an empty / reused cache",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/aggregation.json")
@@ -168,6 +217,14 @@ def main(argv: list[str]) -> int:
     flower = None if args.no_flower else _flower()
     import numba
 
+    threads_max = int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))
+    if args.threads:
+        if not 1 <= args.threads <= threads_max:
+            print(
+                f"bcfl bench aggregation: --threads must be in [1, {threads_max}]", file=sys.stderr
+            )
+            return 2
+        numba.set_num_threads(args.threads)
     report: dict[str, Any] = {
         "flower": "unavailable" if flower is None else "available",
         "numba_threads": numba.get_num_threads(),
@@ -185,6 +242,10 @@ def main(argv: list[str]) -> int:
                     f"read-once x{e['read_once_ratio']:.1f}  first {e['first_call_ms']:.0f} ms",
                     flush=True,
                 )
+    if args.compile:
+        report["first_call_ms"] = measure_cold_compile(rules)
+        print("first call, empty cache (ms):", json.dumps(report["first_call_ms"]["cold_cache"]))
+        print("first call, reused cache (ms):", json.dumps(report["first_call_ms"]["warm_cache"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

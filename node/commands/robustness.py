@@ -44,10 +44,17 @@ def _plot(report: dict[str, object], path: Path) -> None:
     attacks = list(results)
     rules = list(results[attacks[0]])
     fig, ax = plt.subplots(figsize=(max(8, len(attacks) * 1.1), 5))
+    colors = [plt.get_cmap("tab20")(k / 20) for k in range(20)]
     width = 0.8 / max(1, len(rules))
     for k, rule in enumerate(rules):
         accs = [float(results[a][rule].get("accuracy", 0.0)) for a in attacks]
-        ax.bar([i + k * width for i in range(len(attacks))], accs, width, label=rule)
+        ax.bar(
+            [i + k * width for i in range(len(attacks))],
+            accs,
+            width,
+            label=rule,
+            color=colors[k % len(colors)],
+        )
     ax.set_xticks(
         [i + 0.4 - width / 2 for i in range(len(attacks))], attacks, rotation=30, ha="right"
     )
@@ -75,6 +82,12 @@ def _print_table(report: dict[str, object]) -> None:
                 f"{cell['accuracy']:.3f}".rjust(12) if "accuracy" in cell else "n/a".rjust(12)
             )
         print(a.ljust(18) + "".join(cells))
+    backdoor = results.get("model_replacement", {})
+    if backdoor:
+        cells = [
+            f"{backdoor[r].get('backdoor_success', float('nan')):.3f}".rjust(12) for r in rules
+        ]
+        print("backdoor success".ljust(18) + "".join(cells))
     print(f"centralised accuracy: {report['centralised_accuracy']:.3f}")
 
 
