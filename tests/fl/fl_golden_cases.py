@@ -14,6 +14,9 @@ import numpy as np
 from fl.aggregation import ParamValue, aggregate, compute_aggregate_digest
 from fl.quantize import QuantizedUpdates, QuantizedVector
 
+# large enough (n * d >= 2**22) that aggregate() runs the kernels multi-threaded
+GOLDEN_DIM = 1 << 18
+
 CASES: dict[
     str, tuple[str, dict[str, ParamValue], tuple[tuple[str, dict[str, ParamValue]], ...]]
 ] = {
@@ -32,7 +35,7 @@ CASES: dict[
 
 
 def make_inputs(
-    n: int = 16, d: int = 20_000, seed: int = 7
+    n: int = 16, d: int = GOLDEN_DIM, seed: int = 7
 ) -> tuple[QuantizedUpdates, QuantizedVector, list[int], list[int]]:
     rng = np.random.default_rng(seed)
     honest = rng.normal(0.1, 0.05, size=(n, d))
@@ -46,7 +49,7 @@ def make_inputs(
     return QuantizedUpdates(q, 10), QuantizedVector(ref, 10, 0), ids, weights
 
 
-def compute_golden_digests(d: int = 20_000) -> dict[str, str]:
+def compute_golden_digests(d: int = GOLDEN_DIM) -> dict[str, str]:
     updates, reference, ids, weights = make_inputs(d=d)
     out = {}
     for name, (rule, params, pre) in CASES.items():
@@ -56,4 +59,6 @@ def compute_golden_digests(d: int = 20_000) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    json.dump(compute_golden_digests(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000), sys.stdout)
+    json.dump(
+        compute_golden_digests(int(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN_DIM), sys.stdout
+    )
