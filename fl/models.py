@@ -142,7 +142,7 @@ def compute_loss_and_grad(
         z = x @ params[:f] + params[f]
         yf = y.astype(np.float64)
         loss = float(np.mean(np.logaddexp(0.0, z) - yf * z))
-        r = (1.0 / (1.0 + np.exp(-z)) - yf) / m
+        r = (np.exp(-np.logaddexp(0.0, -z)) - yf) / m  # stable sigmoid
         grad[:f] = x.T @ r
         grad[f] = r.sum()
     elif spec.kind == "linear":
