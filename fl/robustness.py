@@ -41,6 +41,7 @@ ATTACKS = (
     "model_replacement",
     "free_rider_zero",
     "free_rider_stale",
+    "free_rider_copy",
 )
 DEFAULT_RULES = (
     "mean",

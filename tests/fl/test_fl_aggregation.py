@@ -223,3 +223,25 @@ def test_reference_shape_mismatch_is_rejected() -> None:
     bad_ref = QuantizedVector(np.zeros(19, dtype=np.int16), SCALE, 0)
     with pytest.raises(AggregationInputError, match="reference has shape"):
         aggregate("fltrust", updates, list(range(5)), None, {}, bad_ref)
+
+
+@pytest.mark.parametrize(
+    ("pre", "rule", "expected"),
+    [
+        (
+            ("clip", {"clip_norm": 2.0}),
+            "mean",
+            lambda x, w: ref.reference_mean(ref.reference_clip(x, 2.0), w),
+        ),
+        (("nnm", {"f": 2}), "median", lambda x, w: ref.reference_median(ref.reference_nnm(x, 2))),
+        (("nnm", {"f": 2}), "krum", lambda x, w: ref.reference_krum(ref.reference_nnm(x, 2), 2)[0]),
+    ],
+)
+def test_pre_aggregators_match_numpy_reference(pre, rule, expected) -> None:  # type: ignore[no-untyped-def]
+    updates, x = _make(11, 300, seed=12, byzantine=2)
+    got = aggregate(
+        rule, updates, list(range(11)), None, {"f": 2} if rule == "krum" else {}, None, [pre]
+    )
+    want = expected(x, np.ones(11))
+    # one re-rounding of each entry (half a step) plus the rule's own rounding
+    assert np.max(np.abs(got.aggregate - want)) <= STEP
