@@ -25,7 +25,7 @@ import numpy as np
 
 from fl import reference as ref
 from fl.aggregation import ParamValue, aggregate, compute_aggregate_digest
-from fl.quantize import QuantizedUpdates, dequantize
+from fl.quantize import D_MAX, QuantizedUpdates, dequantize
 
 BENCH_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan")
 SCALE_EXP = 12
@@ -202,6 +202,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="out/bench/aggregation.json")
     args = p.parse_args(argv)
     rules = tuple(r for r in args.rules.split(",") if r)
+    try:
+        ns, ds = _ints(args.n), _ints(args.d)
+    except ValueError:
+        print("bcfl bench aggregation: --n and --d take comma-separated numbers", file=sys.stderr)
+        return 2
+    if not ns or not ds or min(ns) < 1 or min(ds) < 1 or max(ds) > D_MAX or max(ns) > 1000:
+        print(f"bcfl bench aggregation: need 1 <= n <= 1000 and 1 <= d <= {D_MAX}", file=sys.stderr)
+        return 2
     bad = [r for r in rules if r not in BENCH_RULES + ("geometric_median", "centered_clipping")]
     if bad or args.repeats < 1:
         print(f"bcfl bench aggregation: bad rules {bad} or repeats", file=sys.stderr)
@@ -230,8 +238,8 @@ def main(argv: list[str]) -> int:
         "numba_threads": numba.get_num_threads(),
         "cases": [],
     }
-    for n in _ints(args.n):
-        for d in _ints(args.d):
+    for n in ns:
+        for d in ds:
             case = run_case(n, d, opts, flower)
             report["cases"].append(case)
             for rule, e in case["rules"].items():

@@ -110,7 +110,11 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"bcfl robustness: {exc}", file=sys.stderr)
         return 2
-    report = run_robustness(config)
+    try:
+        report = run_robustness(config)
+    except ValueError as exc:  # e.g. more hospitals than the data can give
+        print(f"bcfl robustness: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(json.dumps(report, indent=2, sort_keys=True))

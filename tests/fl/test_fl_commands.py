@@ -23,6 +23,9 @@ def test_robustness_quick_writes_json_and_png_and_fedavg_collapses(tmp_path: Pat
 def test_robustness_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert robustness.main(["--byzantine", "20", "--out", str(tmp_path)]) == 2
     assert robustness.main(["--rules", "nope", "--out", str(tmp_path)]) == 2
+    assert robustness.main(["--clients", "1000", "--byzantine", "1", "--out", str(tmp_path)]) == 2
+    assert bench.main(["--n", "abc", "--out", str(tmp_path / "x.json")]) == 2
+    assert bench.main(["--d", "1e9", "--out", str(tmp_path / "x.json")]) == 2
 
 
 def test_bench_aggregation_small_run(tmp_path: Path) -> None:
