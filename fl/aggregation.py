@@ -103,15 +103,15 @@ def _dequantize_sums(sums: Int64Array, divisor: int, scale_exp: int) -> FloatArr
 
 
 @lru_cache(maxsize=256)
-def _network(n: int, lo: int, hi: int) -> Int64Array:
-    pairs = kernels.compute_sorting_network(n, lo, hi)
+def _network(n: int, lo: int, hi: int, sums_only: bool) -> Int64Array:
+    pairs = kernels.compute_sorting_network(n, lo, hi, sums_only)
     pairs.setflags(write=False)
     return pairs
 
 
 def _trimmed_sums(values: npt.NDArray[np.int16], trim: int) -> Int64Array:
     n = values.shape[0]
-    return kernels.compute_trimmed_sums(values, _network(n, trim, n - trim), trim)
+    return kernels.compute_trimmed_sums(values, _network(n, trim, n - trim, True), trim)
 
 
 def _mean_of_rows(inp: _Inputs, rows: Sequence[int]) -> FloatArray:
@@ -213,7 +213,7 @@ def _rule_bulyan(inp: _Inputs) -> AggregationResult:
         active.remove(best)
     chosen.sort()
     sub = np.ascontiguousarray(inp.values[chosen])
-    sums = kernels.compute_bulyan_sums(sub, _network(theta, 0, theta), beta)
+    sums = kernels.compute_bulyan_sums(sub, _network(theta, 0, theta, False), beta)
     agg = _dequantize_sums(sums, beta, inp.scale_exp)
     score_arr = np.array([float(first_scores[i]) for i in range(n)])
     return AggregationResult(

@@ -24,12 +24,16 @@ DIST_TILE_COORDS = 2048
 DIST_CHUNKS = 32
 
 
-def compute_sorting_network(n: int, ranks_lo: int, ranks_hi: int) -> npt.NDArray[np.int64]:
+def compute_sorting_network(
+    n: int, ranks_lo: int, ranks_hi: int, sums_only: bool = False
+) -> npt.NDArray[np.int64]:
     """Batcher odd-even merge sort comparators for ``n`` inputs, pruned to ranks ``[lo, hi)``.
 
     The network is built for the next power of two; comparators touching a
     padded index are dropped (padding with +inf makes them no-ops).  A backward
-    pass then drops comparators that cannot influence the wanted output ranks.
+    pass then drops comparators that cannot influence the wanted output ranks
+    or, with ``sums_only``, the sums of the ranks below, inside and above
+    ``[ranks_lo, ranks_hi)`` (all a trimmed sum needs).
     """
     assert 1 <= n and 0 <= ranks_lo < ranks_hi <= n
     size = 1
@@ -50,13 +54,27 @@ def compute_sorting_network(n: int, ranks_lo: int, ranks_hi: int) -> npt.NDArray
                 j += 2 * k
             k //= 2
         t *= 2
-    needed = set(range(ranks_lo, ranks_hi))
     kept: list[tuple[int, int]] = []
-    for a, b in reversed(pairs):
-        if a in needed or b in needed:
+    if sums_only:
+        # Only the sums of three rank classes [0, lo), [lo, hi), [hi, n) matter: a
+        # comparator no kept later comparator touches, whose two ends fall in one
+        # class, can only swap two values within that class (induction from the end).
+        def rank_class(p: int) -> int:
+            return 0 if p < ranks_lo else (1 if p < ranks_hi else 2)
+
+        touched: set[int] = set()
+        for a, b in reversed(pairs):
+            if a not in touched and b not in touched and rank_class(a) == rank_class(b):
+                continue
             kept.append((a, b))
-            needed.add(a)
-            needed.add(b)
+            touched.update((a, b))
+    else:
+        needed = set(range(ranks_lo, ranks_hi))
+        for a, b in reversed(pairs):
+            if a in needed or b in needed:
+                kept.append((a, b))
+                needed.add(a)
+                needed.add(b)
     kept.reverse()
     return np.array(kept, dtype=np.int64).reshape(-1, 2)
 
