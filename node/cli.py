@@ -17,19 +17,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the main job: a local testnet training a model on medical data"),
     "init": ("init", "create a validator home directory (config.toml, key, data/)"),
     "testnet": ("testnet", "write genesis and a home per validator for a local testnet"),
-    "start": ("start", "run a validator node from its home directory"),
-    "localnet": ("localnet", "up|status|down: run N validators on loopback"),
     "status": ("status", "show a node's status through its API"),
     "keys": ("keys", "show: print a home's public key and peer id"),
     "tx": ("tx", "send: sign and submit a transaction"),
     "reset": ("reset", "reset --unsafe: wipe a node's data, keep its key"),
-    "train": ("train", "train locally on a CSV and submit the model delta"),
+
     "sim": ("sim", "run the deterministic PBFT simulator for one or many seeds"),
     "robustness": ("robustness", "evaluate aggregation rules against attacks"),
     "bench": ("bench", "benchmarks: consensus, core, transport, aggregation, round"),
-    "e2e": ("e2e", "fault-injection scenarios on real processes"),
-}
 
+}
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
@@ -37,7 +34,6 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Run `bcfl <command> --help` for a command's options."]
     return "\n".join(lines)
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -58,7 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result: int = module.main(rest)
     return result
-
 
 if __name__ == "__main__":
     sys.exit(main())
