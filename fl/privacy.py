@@ -124,15 +124,18 @@ def compute_composed_epsilon_micro(
         raise PrivacyInputError(f"history of {len(history)} entries exceeds {HISTORY_MAX}")
     if not history:
         return 0
-    events = []
+    # Entries with the same (z, q) merge into one self-composition of the summed steps
+    # (RDP composes additively), so a long history with few settings stays cheap; the
+    # grouping is sorted, hence a function of the history alone.
+    steps_by_setting: dict[tuple[float, float], int] = {}
     for entry in history:
         if len(entry) != 3:
-            raise PrivacyInputError(
-                "each history entry is (noise_multiplier, sampling_rate, steps)"
-            )
+            raise PrivacyInputError("a history entry is (noise_multiplier, sampling_rate, steps)")
         z, q, t = entry
         _check_entry(z, q, t)
-        events.append(_event(z, q, t))
+        key = (float(z), float(q))
+        steps_by_setting[key] = steps_by_setting.get(key, 0) + t
+    events = [_event(z, q, t) for (z, q), t in sorted(steps_by_setting.items())]
     accountant = RdpAccountant()
     accountant.compose(dp_accounting.ComposedDpEvent(events))
     return _to_micro(float(accountant.get_epsilon(delta)))
