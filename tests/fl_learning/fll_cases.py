@@ -1,0 +1,76 @@
+"""The demo round used by the learning tests: breast cancer, logistic (d = 31), 12 hospitals.
+
+Run as a script it prints the round's scores, loss and Shapley values as JSON, so a
+test can compare a fresh subprocess (other ``NUMBA_NUM_THREADS``) with the golden values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fl.aggregation import aggregate
+from fl.contribution import compute_round_utility_fn, compute_shapley_ppm
+from fl.data import Standardizer, load_breast_cancer_data, partition_iid, split_train_test
+from fl.models import ModelSpec
+from fl.quantize import QuantizedUpdates, quantize_matrix
+from fl.scoring import compute_accuracy_ppm, compute_validation_loss_ppm, score_deltas
+from fl.training import TrainConfig, compute_update, train_local
+
+SCALE_EXP = 12
+N_CLIENTS = 12
+
+
+@dataclass(frozen=True)
+class Round:
+    spec: ModelSpec
+    base: npt.NDArray[np.float64]
+    deltas: QuantizedUpdates
+    ids: list[int]
+    weights: list[int]
+    aggregate: npt.NDArray[np.float64]
+    x_val: npt.NDArray[np.float64]
+    y_val: npt.NDArray[np.generic]
+
+
+def build_round(n_clients: int = N_CLIENTS, flip: tuple[int, ...] = ()) -> Round:
+    """One round from a base model pre-trained on a small public slice; ``flip`` sign-flips."""
+    ds = load_breast_cancer_data()
+    rng = np.random.default_rng(7)
+    train, val = split_train_test(ds, 0.2, rng)
+    std = Standardizer.fit(train.x)
+    x, y = std.apply(train.x), train.y
+    x_val = np.ascontiguousarray(std.apply(val.x))
+    spec = ModelSpec("logistic", x.shape[1], l2=1e-3)
+    cfg = TrainConfig(epochs=1, learning_rate=0.05, batch_size=16, momentum=0.9, seed=1)
+    base = train_local(spec, np.zeros(x.shape[1] + 1), x[:20], y[:20], cfg)
+    parts = partition_iid(x.shape[0], n_clients, rng)
+    rows = []
+    for i, idx in enumerate(parts):
+        u = compute_update(spec, base, x[idx], y[idx], TrainConfig(seed=100 + i, batch_size=16))
+        rows.append(-10.0 * u if i in flip else u)
+    q, _ = quantize_matrix(np.array(rows), SCALE_EXP)
+    ids = list(range(n_clients))
+    weights = [int(len(p)) for p in parts]
+    agg = aggregate("median", q, ids, weights).aggregate
+    return Round(spec, base, q, ids, weights, agg, x_val, val.y)
+
+
+def compute_golden() -> dict[str, object]:
+    r = build_round()
+    scores = score_deltas(r.spec, r.base, r.deltas, r.ids, r.aggregate, r.x_val, r.y_val)
+    utility = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    shapley = compute_shapley_ppm(utility, r.ids[:8], seed=0)
+    return {
+        "loss_base_ppm": compute_validation_loss_ppm(r.spec, r.base, r.x_val, r.y_val),
+        "acc_base_ppm": compute_accuracy_ppm(r.spec, r.base, r.x_val, r.y_val),
+        "scores": [[s.client_id, s.loss_after_ppm, s.agreement_ppm] for s in scores],
+        "shapley8": [[k, v] for k, v in sorted(shapley.items())],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(compute_golden()))
