@@ -1,0 +1,844 @@
+"""One PBFT replica as a pure state machine: ``handle(event) -> list[Action]``.
+
+Normal case: the primary sends PRE-PREPARE (signed vote + block); a backup sends PREPARE
+for seq only once the block's parent is the block it has prepared (or delivered) at
+seq-1, so honest chains can never fork; pipelining comes from many pre-prepares in
+flight inside the watermark window. A replica is *prepared* at seq when it accepted the
+pre-prepare, holds quorum-1 matching prepares and its parent rule holds; it then persists
+the prepared certificate and broadcasts COMMIT. A block is delivered with a quorum of
+matching COMMITs (the commit certificate) once every lower seq is delivered.
+
+Every K blocks replicas sign a checkpoint of the chain (the block digest at that seq,
+which commits to the whole hash chain); a quorum makes it stable, the low watermark
+moves and the log below is dropped. A replica without progress for a timeout (doubling
+per failed attempt, capped) sends VIEW-CHANGE with its stable checkpoint and prepared
+certificates; the new primary's NEW-VIEW carries a quorum of them and re-proposes the
+chain ``compute_new_view_plan`` selects. Catch-up: replicas exchange STATUS heartbeats;
+a replica that stalls behind f+1 peers (or sees a quorum checkpoint it lacks) asks the
+node to fetch blocks, and accepts each only with a valid commit certificate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from consensus.certificates import (
+    NewViewPlan,
+    compute_new_view_plan,
+    verify_commit_certificate,
+    verify_new_view,
+    verify_view_change,
+)
+from consensus.classifier import DISCARD, PROCESS, STASH, EdgeState, classify
+from consensus.config import ReplicaConfig
+from consensus.events import (
+    Action,
+    BlocksFetched,
+    Broadcast,
+    Deliver,
+    Discard,
+    Event,
+    FetchBlocks,
+    Persist,
+    PersistRecord,
+    Proposal,
+    Receive,
+    ReportEvidence,
+    Send,
+    Tick,
+)
+from consensus.interfaces import Authenticator, BlockValidator
+from consensus.messages import (
+    PHASE_COMMIT,
+    PHASE_PRE_PREPARE,
+    PHASE_PREPARE,
+    Checkpoint,
+    CommitCertificate,
+    Evidence,
+    FetchedBlock,
+    NewView,
+    PeerMessage,
+    PreparedCertificate,
+    PrePrepare,
+    StableCheckpoint,
+    Status,
+    ViewChange,
+    Vote,
+)
+
+
+@dataclass(frozen=True)
+class ProposalSlot:
+    """Where the primary may propose next: the node builds a block for it."""
+
+    view: int
+    seq: int
+    parent_digest: bytes
+
+
+@dataclass
+class Slot:
+    """The log entry for one sequence number in the current view."""
+
+    pre_prepare: PrePrepare | None = None
+    prepares: dict[int, Vote] = field(default_factory=dict)
+    commits: dict[int, Vote] = field(default_factory=dict)
+    own_prepare: Vote | None = None
+    prepared: bool = False
+
+
+@dataclass
+class _Fetch:
+    from_seq: int
+    to_seq: int
+    deadline_tick: int
+
+
+class Replica:
+    """A PBFT replica. Construct fresh, or ``restore`` from persisted records after a crash."""
+
+    def __init__(self, config: ReplicaConfig, auth: Authenticator, validator: BlockValidator):
+        self.config = config
+        self.auth = auth
+        self.validator = validator
+        self.me = config.index
+        self.now_tick = 0
+        self.view = 0
+        self.active = True
+        self.installed_view = 0
+        self.new_view_message: NewView | None = None
+        self.low_seq = 0
+        self.low_digest = config.genesis_digest
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        self.view_base_seq = 0
+        self.view_base_digest = config.genesis_digest
+        self.last_delivered_seq = 0
+        self.last_delivered_digest = config.genesis_digest
+        self.last_delivery_tick = 0
+        self.delivered_digests: dict[int, bytes] = {0: config.genesis_digest}
+        self.slots: dict[int, Slot] = {}
+        self.previous_pre_prepares: dict[int, Vote] = {}
+        self.prepared_certs: dict[int, PreparedCertificate] = {}
+        self.next_proposal_seq = 1
+        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self.statuses: dict[int, Status] = {}
+        self.view_changes: dict[int, ViewChange] = {}
+        self.own_view_change: ViewChange | None = None
+        self.backoff = 0
+        self.progress_deadline_tick = config.view_change_timeout_ticks
+        self.view_change_deadline_tick: int | None = None
+        self.retransmit_tick = 0
+        self.new_view_sent_tick: dict[int, int] = {}
+        self.fetch: _Fetch | None = None
+        self.evidence_keys: set[tuple[int, int, int, int]] = set()
+        self.evidence: list[Evidence] = []
+        self.stash: dict[int, deque[PeerMessage]] = {}
+        self.stash_count = 0
+        self._out: list[Action] = []
+
+    # ---- public API ---------------------------------------------------------------------
+
+    @classmethod
+    def restore(
+        cls,
+        config: ReplicaConfig,
+        auth: Authenticator,
+        validator: BlockValidator,
+        records: Sequence[PersistRecord],
+        last_delivered: tuple[int, bytes] | None = None,
+    ) -> Replica:
+        """Rebuild a replica from what it persisted and the tip of its delivered chain.
+
+        Own votes are reloaded into the log so the replica never votes differently in a
+        view it voted in before the crash.
+        """
+        replica = cls(config, auth, validator)
+        replica._restore(records, last_delivered)
+        return replica
+
+    def handle(self, event: Event) -> list[Action]:
+        self._out = []
+        if isinstance(event, Tick):
+            self._on_tick()
+        elif isinstance(event, Receive):
+            self._on_receive(event.sender, event.message, allow_stash=True)
+        elif isinstance(event, Proposal):
+            self._on_proposal(event)
+        elif isinstance(event, BlocksFetched):
+            self._on_blocks_fetched(event.blocks)
+        else:
+            raise TypeError(f"unknown event {type(event).__name__}")
+        self._check_invariants()
+        out, self._out = self._out, []
+        return out
+
+    def get_proposal_slot(self) -> ProposalSlot | None:
+        if not self.active or self.config.get_primary(self.view) != self.me:
+            return None
+        seq = max(self.next_proposal_seq, self.last_delivered_seq + 1, self.view_base_seq + 1)
+        if seq > self.high_seq or seq - self.last_delivered_seq > self.config.window_size // 2:
+            return None
+        parent = self._get_chain_digest(seq - 1)
+        if parent is None:
+            return None
+        return ProposalSlot(self.view, seq, parent)
+
+    @property
+    def high_seq(self) -> int:
+        return self.low_seq + self.config.window_size
+
+    @property
+    def is_primary(self) -> bool:
+        return self.config.get_primary(self.view) == self.me
+
+    def get_memory_usage(self) -> dict[str, int]:
+        return {
+            "slots": len(self.slots),
+            "prepared_certs": len(self.prepared_certs),
+            "previous_pre_prepares": len(self.previous_pre_prepares),
+            "delivered_digests": len(self.delivered_digests),
+            "checkpoints": sum(len(v) for v in self.checkpoints.values()),
+            "statuses": len(self.statuses),
+            "view_changes": len(self.view_changes),
+            "evidence": len(self.evidence),
+            "stash": self.stash_count,
+        }
+
+    def get_memory_bounds(self) -> dict[str, int]:
+        c = self.config
+        return {
+            "slots": c.window_size,
+            "prepared_certs": c.window_size,
+            "previous_pre_prepares": c.window_size,
+            "delivered_digests": c.window_size + 2,
+            "checkpoints": c.n * c.checkpoints_per_sender_max,
+            "statuses": c.n,
+            "view_changes": c.n,
+            "evidence": c.evidence_max,
+            "stash": c.stash_total_max,
+        }
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def _edge_state(self) -> EdgeState:
+        return EdgeState(self.view, self.active, self.low_seq, self.high_seq, self._is_duplicate)
+
+    def _is_duplicate(self, vote: Vote) -> bool:
+        slot = self.slots.get(vote.seq)
+        if slot is None:
+            return False
+        if vote.phase == PHASE_PRE_PREPARE:
+            return slot.pre_prepare is not None and slot.pre_prepare.vote == vote
+        table = slot.prepares if vote.phase == PHASE_PREPARE else slot.commits
+        return table.get(vote.signer) == vote
+
+    def _on_receive(self, sender: int, message: PeerMessage, allow_stash: bool) -> None:
+        verdict = classify(self.config, self.auth, self._edge_state(), sender, message)
+        if verdict.kind == DISCARD:
+            self._out.append(Discard(sender, verdict.reason))
+        elif verdict.kind == STASH:
+            if allow_stash:
+                self._stash_message(sender, message)
+        else:
+            assert verdict.kind == PROCESS
+            self._process(message)
+
+    def _process(self, message: PeerMessage) -> None:
+        if isinstance(message, PrePrepare):
+            self._on_pre_prepare(message)
+        elif isinstance(message, Vote):
+            self._on_vote(message)
+        elif isinstance(message, Checkpoint):
+            self._on_checkpoint(message)
+        elif isinstance(message, ViewChange):
+            self._on_view_change(message)
+        elif isinstance(message, NewView):
+            self._on_new_view(message)
+        else:
+            assert isinstance(message, Status)
+            self._on_status(message)
+
+    def _stash_message(self, sender: int, message: PeerMessage) -> None:
+        queue = self.stash.setdefault(sender, deque())
+        if len(queue) >= self.config.stash_per_sender_max:
+            queue.popleft()  # a sender that floods only evicts its own messages
+            self.stash_count -= 1
+        if self.stash_count >= self.config.stash_total_max:
+            self._out.append(Discard(sender, "stash full"))
+            return
+        queue.append(message)
+        self.stash_count += 1
+
+    def _replay_stash(self) -> None:
+        stashed, self.stash, self.stash_count = self.stash, {}, 0
+        for sender in sorted(stashed):
+            for message in stashed[sender]:
+                verdict = classify(self.config, self.auth, self._edge_state(), sender, message)
+                if verdict.kind == STASH:
+                    self._stash_message(sender, message)
+                elif verdict.kind == PROCESS:
+                    self._process(message)
+
+    # ---- signing helpers ----------------------------------------------------------------
+
+    def _sign_vote(self, phase: int, view: int, seq: int, digest: bytes) -> Vote:
+        body = Vote(phase, view, seq, digest, self.me, b"")
+        return Vote(phase, view, seq, digest, self.me, self.auth.sign(body))
+
+    # ---- normal case --------------------------------------------------------------------
+
+    def _on_proposal(self, proposal: Proposal) -> None:
+        slot = self.get_proposal_slot()
+        if slot is None or (slot.view, slot.seq, slot.parent_digest) != (
+            proposal.view,
+            proposal.seq,
+            proposal.parent_digest,
+        ):
+            self._out.append(Discard(self.me, "stale proposal slot"))
+            return
+        digest = self.validator.validate_block(slot.seq, slot.parent_digest, proposal.payload)
+        if isinstance(digest, str):
+            self._out.append(Discard(self.me, f"invalid proposal: {digest}"))
+            return
+        vote = self._sign_vote(PHASE_PRE_PREPARE, self.view, slot.seq, digest)
+        pre_prepare = PrePrepare(vote, slot.parent_digest, proposal.payload)
+        self._out.append(Persist(pre_prepare))
+        self._out.append(Broadcast(pre_prepare))
+        self.slots.setdefault(slot.seq, Slot()).pre_prepare = pre_prepare
+        self.next_proposal_seq = slot.seq + 1
+        self._advance(slot.seq)
+
+    def _on_pre_prepare(self, message: PrePrepare) -> None:
+        vote = message.vote
+        slot = self.slots.setdefault(vote.seq, Slot())
+        if slot.pre_prepare is not None:
+            self._check_equivocation(slot.pre_prepare.vote, vote)
+            return
+        digest = self.validator.validate_block(vote.seq, message.parent_digest, message.payload)
+        if digest != vote.digest:
+            self._out.append(Discard(vote.signer, "invalid block"))
+            return
+        slot.pre_prepare = message
+        self._advance(vote.seq)
+
+    def _on_vote(self, vote: Vote) -> None:
+        if vote.phase == PHASE_PREPARE and vote.signer == self.config.get_primary(vote.view):
+            self._out.append(Discard(vote.signer, "prepare from the primary"))
+            return
+        slot = self.slots.setdefault(vote.seq, Slot())
+        table = slot.prepares if vote.phase == PHASE_PREPARE else slot.commits
+        previous = table.get(vote.signer)
+        if previous is not None:
+            self._check_equivocation(previous, vote)
+            return
+        table[vote.signer] = vote
+        self._advance(vote.seq)
+
+    def _check_equivocation(self, first: Vote, second: Vote) -> None:
+        if first.digest == second.digest:
+            return
+        key = (first.signer, first.phase, first.view, first.seq)
+        if key in self.evidence_keys or len(self.evidence) >= self.config.evidence_max:
+            return
+        evidence = Evidence(first, second)
+        self.evidence_keys.add(key)
+        self.evidence.append(evidence)
+        self._out.append(ReportEvidence(evidence))
+
+    def _get_chain_digest(self, seq: int) -> bytes | None:
+        """The digest this replica stands behind at ``seq``: delivered, the view's base
+        checkpoint, or its own prepared (primary: proposed) block in this view."""
+        if seq <= self.last_delivered_seq:
+            return self.delivered_digests.get(seq)
+        if seq == self.view_base_seq:
+            return self.view_base_digest
+        slot = self.slots.get(seq)
+        if slot is None or slot.pre_prepare is None:
+            return None
+        if slot.prepared or slot.pre_prepare.vote.signer == self.me:
+            return slot.pre_prepare.vote.digest
+        return None
+
+    def _is_parent_ok(self, seq: int, parent: bytes) -> bool:
+        prev = seq - 1
+        if prev <= self.last_delivered_seq:
+            return self.delivered_digests.get(prev) == parent
+        if prev == self.view_base_seq:
+            return self.view_base_digest == parent
+        slot = self.slots.get(prev)
+        return (
+            slot is not None
+            and slot.prepared
+            and slot.pre_prepare is not None
+            and slot.pre_prepare.vote.digest == parent
+        )
+
+    def _advance(self, seq: int) -> None:
+        """Send prepares and commits that became possible at ``seq`` and above, then deliver."""
+        for s in range(seq, self.high_seq + 1):
+            slot = self.slots.get(s)
+            if slot is None or not self._advance_slot(s, slot):
+                break
+        self._try_deliver()
+
+    def _advance_slot(self, seq: int, slot: Slot) -> bool:
+        """Returns True when the slot is prepared (so seq+1 may now progress)."""
+        pp = slot.pre_prepare
+        if pp is None:
+            return False
+        if slot.prepared:
+            return True
+        digest = pp.vote.digest
+        is_own_proposal = pp.vote.signer == self.me
+        parent_ok = self._is_parent_ok(seq, pp.parent_digest)
+        if seq <= self.last_delivered_seq and self.delivered_digests.get(seq, digest) != digest:
+            return False
+        if not is_own_proposal and slot.own_prepare is None and parent_ok:
+            prepare = self._sign_vote(PHASE_PREPARE, self.view, seq, digest)
+            self._out.append(Persist(prepare))
+            self._out.append(Broadcast(prepare))
+            slot.own_prepare = prepare
+            slot.prepares[self.me] = prepare
+        if not parent_ok or not (is_own_proposal or slot.own_prepare is not None):
+            return False
+        if slot.own_prepare is not None and slot.own_prepare.digest != digest:
+            return False  # restored vote for another block: never vote differently
+        matching = sorted(
+            (v for v in slot.prepares.values() if v.digest == digest), key=lambda v: v.signer
+        )
+        if len(matching) < self.config.quorum - 1:
+            return False
+        slot.prepared = True
+        cert = PreparedCertificate(pp, tuple(matching[: self.config.quorum - 1]))
+        self.prepared_certs[seq] = cert
+        commit = self._sign_vote(PHASE_COMMIT, self.view, seq, digest)
+        self._out.append(Persist(cert))
+        self._out.append(Broadcast(commit))
+        slot.commits[self.me] = commit
+        return True
+
+    def _try_deliver(self) -> None:
+        while True:
+            seq = self.last_delivered_seq + 1
+            slot = self.slots.get(seq)
+            if slot is None or slot.pre_prepare is None:
+                return
+            pp = slot.pre_prepare
+            digest = pp.vote.digest
+            if pp.parent_digest != self.last_delivered_digest:
+                return
+            commits = sorted(
+                (v for v in slot.commits.values() if v.digest == digest), key=lambda v: v.signer
+            )
+            if len(commits) < self.config.quorum:
+                return
+            certificate = CommitCertificate(tuple(commits[: self.config.quorum]))
+            self._deliver(seq, digest, pp.payload, certificate)
+
+    def _deliver(self, seq: int, digest: bytes, payload: bytes, cert: CommitCertificate) -> None:
+        assert seq == self.last_delivered_seq + 1
+        self._out.append(Deliver(seq, digest, payload, cert))
+        self.last_delivered_seq = seq
+        self.last_delivered_digest = digest
+        if seq <= self.high_seq:
+            self.delivered_digests[seq] = digest
+        self.last_delivery_tick = self.now_tick
+        if self.active:
+            self.backoff = 0
+            self.progress_deadline_tick = self.now_tick + self._get_timeout_ticks()
+        self.next_proposal_seq = max(self.next_proposal_seq, seq + 1)
+        if seq % self.config.checkpoint_interval == 0:
+            body = Checkpoint(seq, digest, self.me, b"")
+            checkpoint = Checkpoint(seq, digest, self.me, self.auth.sign(body))
+            self._out.append(Broadcast(checkpoint))
+            self._record_checkpoint(checkpoint)
+        if self.fetch is not None and self.last_delivered_seq >= self.fetch.to_seq:
+            self.fetch = None
+
+    # ---- checkpoints and garbage collection ---------------------------------------------
+
+    def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self._record_checkpoint(checkpoint)
+
+    def _record_checkpoint(self, checkpoint: Checkpoint) -> None:
+        table = self.checkpoints.setdefault(checkpoint.signer, {})
+        if checkpoint.seq in table:
+            return
+        table[checkpoint.seq] = checkpoint
+        while len(table) > self.config.checkpoints_per_sender_max:
+            del table[min(table)]  # keep each sender's most recent checkpoints
+        self._check_stable()
+
+    def _check_stable(self) -> None:
+        votes: dict[tuple[int, bytes], list[Checkpoint]] = {}
+        for table in self.checkpoints.values():
+            for checkpoint in table.values():
+                if checkpoint.seq > self.low_seq:
+                    votes.setdefault((checkpoint.seq, checkpoint.digest), []).append(checkpoint)
+        certified = [key for key, proof in votes.items() if len(proof) >= self.config.quorum]
+        if not certified:
+            return
+        seq, digest = max(certified)
+        proof = tuple(sorted(votes[(seq, digest)], key=lambda c: c.signer)[: self.config.quorum])
+        if seq <= self.last_delivered_seq:
+            mine = self.last_delivered_digest if seq == self.last_delivered_seq else None
+            if self.delivered_digests.get(seq, mine) == digest:
+                self._make_stable(seq, digest, proof)
+            return
+        peers = tuple(c.signer for c in proof if c.signer != self.me)
+        self._request_fetch(seq, peers)
+
+    def _make_stable(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        assert seq > self.low_seq
+        self.low_seq, self.low_digest, self.stable_proof = seq, digest, proof
+        self._out.append(Persist(StableCheckpoint(seq, digest, proof)))
+        self.slots = {s: v for s, v in self.slots.items() if s > seq}
+        self.prepared_certs = {s: c for s, c in self.prepared_certs.items() if s > seq}
+        self.previous_pre_prepares = {
+            s: v for s, v in self.previous_pre_prepares.items() if s > seq
+        }
+        self.delivered_digests = {
+            s: d for s, d in self.delivered_digests.items() if seq <= s <= self.high_seq
+        }
+        self.delivered_digests[seq] = digest
+        if self.last_delivered_seq <= self.high_seq:
+            self.delivered_digests[self.last_delivered_seq] = self.last_delivered_digest
+        for table in self.checkpoints.values():
+            for s in [s for s in table if s <= seq]:
+                del table[s]
+        self._replay_stash()
+        self._advance(seq + 1)
+
+    # ---- catch-up -----------------------------------------------------------------------
+
+    def _on_status(self, status: Status) -> None:
+        if status.signer == self.me:
+            return
+        self.statuses[status.signer] = status
+        self._maybe_fetch_from_statuses()
+
+    def _maybe_fetch_from_statuses(self) -> None:
+        if self.now_tick - self.last_delivery_tick < self.config.status_interval_ticks:
+            return  # still making progress: the normal case will bring the next blocks
+        reports = sorted(
+            ((s.last_delivered_seq, s.signer) for s in self.statuses.values()), reverse=True
+        )
+        if len(reports) < self.config.weak_quorum:
+            return
+        target = reports[self.config.f][0]  # f+1 replicas claim it: one of them is honest
+        if target <= self.last_delivered_seq:
+            return
+        peers = tuple(signer for seq, signer in reports if seq >= target)
+        self._request_fetch(target, peers)
+
+    def _request_fetch(self, to_seq: int, peers: tuple[int, ...]) -> None:
+        if self.fetch is not None and self.now_tick < self.fetch.deadline_tick:
+            return
+        from_seq = self.last_delivered_seq + 1
+        to_seq = min(to_seq, from_seq + self.config.fetch_blocks_max - 1)
+        if to_seq < from_seq or not peers:
+            return
+        # Rotate the peer order so a silent peer is not asked first every time.
+        shift = self.now_tick % len(peers)
+        peers = peers[shift:] + peers[:shift]
+        self.fetch = _Fetch(from_seq, to_seq, self.now_tick + self.config.fetch_timeout_ticks)
+        self._out.append(FetchBlocks(from_seq, to_seq, peers))
+
+    def _on_blocks_fetched(self, blocks: tuple[FetchedBlock, ...]) -> None:
+        for block in sorted(blocks[: self.config.fetch_blocks_max], key=lambda b: b.seq):
+            if block.seq <= self.last_delivered_seq:
+                continue
+            if block.seq != self.last_delivered_seq + 1:
+                break
+            digest = self.validator.validate_block(
+                block.seq, self.last_delivered_digest, block.payload
+            )
+            if isinstance(digest, str):
+                self._out.append(Discard(self.me, f"fetched block rejected: {digest}"))
+                break
+            if not verify_commit_certificate(
+                self.auth, self.config.n, self.config.quorum, block.seq, digest, block.certificate
+            ):
+                self._out.append(Discard(self.me, "fetched block without a valid certificate"))
+                break
+            self._deliver(block.seq, digest, block.payload, block.certificate)
+        self._check_stable()
+        if self.active:
+            self._advance(self.last_delivered_seq + 1)
+
+    # ---- view change --------------------------------------------------------------------
+
+    def _get_timeout_ticks(self) -> int:
+        return self.config.view_change_timeout_ticks << min(
+            self.backoff, self.config.timeout_backoff_max
+        )
+
+    def _start_view_change(self, new_view: int) -> None:
+        assert new_view > self.view
+        self.view = new_view
+        self.backoff = min(self.backoff + 1, self.config.timeout_backoff_max)
+        # Remember the old view's pre-prepares: certificates in view-changes may reveal that
+        # the primary signed a different block for the same seq to someone else.
+        if self.active:
+            self.previous_pre_prepares = {
+                seq: slot.pre_prepare.vote
+                for seq, slot in self.slots.items()
+                if slot.pre_prepare is not None
+            }
+        self.active = False
+        self.slots = {}
+        certs = tuple(self.prepared_certs[s] for s in sorted(self.prepared_certs))
+        body = ViewChange(
+            new_view, self.low_seq, self.low_digest, self.stable_proof, certs, self.me, b""
+        )
+        vc = ViewChange(
+            new_view,
+            self.low_seq,
+            self.low_digest,
+            self.stable_proof,
+            certs,
+            self.me,
+            self.auth.sign(body),
+        )
+        self.own_view_change = vc
+        self.view_changes[self.me] = vc
+        self.view_change_deadline_tick = None
+        self.retransmit_tick = self.now_tick + self.config.view_change_timeout_ticks
+        self._out.append(Persist(vc))
+        self._out.append(Broadcast(vc))
+        self._check_view_change_quorum()
+
+    def _on_view_change(self, vc: ViewChange) -> None:
+        if vc.signer == self.me:
+            return
+        if self.active and vc.new_view <= self.view:
+            self._resend_new_view(vc.signer)
+            return
+        previous = self.view_changes.get(vc.signer)
+        if previous is not None and previous.new_view >= vc.new_view:
+            return
+        if not verify_view_change(self.auth, self.config, self.validator, vc):
+            self._out.append(Discard(vc.signer, "invalid view-change"))
+            return
+        self.view_changes[vc.signer] = vc
+        self._check_certificates_for_equivocation(vc)
+        # f+1 replicas want a higher view: at least one honest one timed out, so join them.
+        higher = sorted(
+            (
+                v.new_view
+                for s, v in self.view_changes.items()
+                if s != self.me and v.new_view > self.view
+            ),
+            reverse=True,
+        )
+        if len(higher) >= self.config.weak_quorum:
+            target = higher[self.config.f]
+            if target > self.view:
+                self._start_view_change(target)
+                return
+        self._check_view_change_quorum()
+
+    def _check_certificates_for_equivocation(self, vc: ViewChange) -> None:
+        for cert in vc.prepared:
+            vote = cert.pre_prepare.vote
+            mine = self.previous_pre_prepares.get(vote.seq)
+            if mine is not None and mine.view == vote.view:
+                self._check_equivocation(mine, vote)
+
+    def _resend_new_view(self, to: int) -> None:
+        if self.new_view_message is None:
+            return
+        last = self.new_view_sent_tick.get(to)
+        if last is not None and self.now_tick - last < self.config.view_change_timeout_ticks:
+            return
+        self.new_view_sent_tick[to] = self.now_tick
+        self._out.append(Send(to, self.new_view_message))
+
+    def _check_view_change_quorum(self) -> None:
+        if self.active:
+            return
+        voters = [vc for vc in self.view_changes.values() if vc.new_view == self.view]
+        if len(voters) < self.config.quorum:
+            return
+        if self.view_change_deadline_tick is None:
+            self.view_change_deadline_tick = self.now_tick + self._get_timeout_ticks()
+        if self.config.get_primary(self.view) != self.me or self.own_view_change is None:
+            return
+        others = sorted((vc for vc in voters if vc.signer != self.me), key=lambda vc: vc.signer)
+        chosen = (self.own_view_change, *others[: self.config.quorum - 1])
+        plan = compute_new_view_plan(chosen)
+        votes = tuple(
+            self._sign_vote(
+                PHASE_PRE_PREPARE, self.view, c.pre_prepare.vote.seq, c.pre_prepare.vote.digest
+            )
+            for c in plan.blocks
+        )
+        body = NewView(self.view, chosen, votes, self.me, b"")
+        nv = NewView(self.view, chosen, votes, self.me, self.auth.sign(body))
+        self._out.append(Persist(nv))
+        self._out.append(Broadcast(nv))
+        self._install_view(nv, plan)
+
+    def _on_new_view(self, nv: NewView) -> None:
+        if nv.view < self.view or (self.active and nv.view == self.view):
+            return
+        plan = verify_new_view(self.auth, self.config, self.validator, nv)
+        if plan is None:
+            self._out.append(Discard(nv.signer, "invalid new-view"))
+            return
+        self._install_view(nv, plan)
+
+    def _install_view(self, nv: NewView, plan: NewViewPlan) -> None:
+        self.view = nv.view
+        self.active = True
+        self.installed_view = nv.view
+        self.new_view_message = nv
+        self.slots = {}
+        self.view_change_deadline_tick = None
+        self.own_view_change = None
+        self.view_changes = {s: vc for s, vc in self.view_changes.items() if vc.new_view > nv.view}
+        self.progress_deadline_tick = self.now_tick + self._get_timeout_ticks()
+        self.view_base_seq, self.view_base_digest = plan.base_seq, plan.base_digest
+        last_seq = plan.base_seq
+        for vote, cert in zip(nv.pre_prepares, plan.blocks, strict=True):
+            if self.low_seq < vote.seq <= self.high_seq:
+                pp = cert.pre_prepare
+                self.slots[vote.seq] = Slot(
+                    pre_prepare=PrePrepare(vote, pp.parent_digest, pp.payload)
+                )
+            last_seq = vote.seq
+        if plan.base_seq > self.low_seq:
+            if plan.base_seq <= self.last_delivered_seq:
+                if self.delivered_digests.get(plan.base_seq) == plan.base_digest:
+                    self._make_stable(plan.base_seq, plan.base_digest, plan.base_proof)
+            else:
+                self._request_fetch(plan.base_seq, tuple(vc.signer for vc in nv.view_changes))
+        self.next_proposal_seq = max(last_seq, self.last_delivered_seq, self.low_seq) + 1
+        self._replay_stash()
+        self._advance(min(self.slots) if self.slots else self.last_delivered_seq + 1)
+
+    # ---- time ---------------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        self.now_tick += 1
+        if (
+            self.now_tick % self.config.status_interval_ticks
+            == self.me % self.config.status_interval_ticks
+        ):
+            body = Status(self.view, self.last_delivered_seq, self.me, b"")
+            self._out.append(
+                Broadcast(Status(self.view, self.last_delivered_seq, self.me, self.auth.sign(body)))
+            )
+            self._maybe_fetch_from_statuses()
+        if self.active:
+            if self.now_tick >= self.progress_deadline_tick:
+                self._start_view_change(self.view + 1)
+            return
+        deadline = self.view_change_deadline_tick
+        if deadline is not None and self.now_tick >= deadline:
+            self._start_view_change(self.view + 1)
+        elif self.now_tick >= self.retransmit_tick and self.own_view_change is not None:
+            # Without a quorum for this view we wait rather than escalate, so a partitioned
+            # replica cannot run many views ahead; retransmitting covers lost messages.
+            self.retransmit_tick = self.now_tick + self.config.view_change_timeout_ticks
+            self._out.append(Broadcast(self.own_view_change))
+
+    # ---- restore ------------------------------------------------------------------------
+
+    def _restore(
+        self, records: Sequence[PersistRecord], last_delivered: tuple[int, bytes] | None
+    ) -> None:
+        stable: StableCheckpoint | None = None
+        top_view = 0
+        for record in records:
+            if isinstance(record, StableCheckpoint):
+                if stable is None or record.seq > stable.seq:
+                    stable = record
+            top_view = max(top_view, _get_record_view(record))
+        if stable is not None:
+            self.low_seq, self.low_digest, self.stable_proof = (
+                stable.seq,
+                stable.digest,
+                stable.proof,
+            )
+            self.delivered_digests = {stable.seq: stable.digest}
+        if last_delivered is not None:
+            seq, digest = last_delivered
+            self.last_delivered_seq, self.last_delivered_digest = seq, digest
+            if seq <= self.high_seq:
+                self.delivered_digests[seq] = digest
+            self.next_proposal_seq = seq + 1
+        self.view = top_view
+        self.installed_view = top_view
+        self.view_base_seq, self.view_base_digest = self.low_seq, self.low_digest
+        in_view_change = False
+        for record in records:
+            if _get_record_view(record) != top_view:
+                continue
+            if isinstance(record, ViewChange):
+                in_view_change = True
+                self.own_view_change = record
+                self.view_changes[self.me] = record
+            elif isinstance(record, NewView):
+                in_view_change = False
+                self.new_view_message = record
+                self._restore_new_view(record)
+            elif isinstance(record, PrePrepare):
+                in_view_change = False
+                if record.vote.seq > self.low_seq:
+                    self.slots.setdefault(record.vote.seq, Slot()).pre_prepare = record
+                    self.next_proposal_seq = max(self.next_proposal_seq, record.vote.seq + 1)
+            elif isinstance(record, Vote):
+                in_view_change = False
+                if record.seq > self.low_seq and record.phase == PHASE_PREPARE:
+                    slot = self.slots.setdefault(record.seq, Slot())
+                    slot.own_prepare = record
+                    slot.prepares[self.me] = record
+        for record in records:
+            if isinstance(record, PreparedCertificate):
+                seq = record.pre_prepare.vote.seq
+                current = self.prepared_certs.get(seq)
+                if seq > self.low_seq and (
+                    current is None or current.pre_prepare.vote.view <= record.pre_prepare.vote.view
+                ):
+                    self.prepared_certs[seq] = record
+        self.active = not in_view_change
+        self.retransmit_tick = 0
+        self.progress_deadline_tick = self.config.view_change_timeout_ticks
+        self.slots = {s: v for s, v in self.slots.items() if self.low_seq < s <= self.high_seq}
+
+    def _restore_new_view(self, nv: NewView) -> None:
+        """Reload the pre-prepares this replica signed in its NEW-VIEW, so that after a crash
+        it never proposes a different block for a seq it already re-proposed."""
+        plan = compute_new_view_plan(nv.view_changes)
+        self.view_base_seq, self.view_base_digest = plan.base_seq, plan.base_digest
+        for vote, cert in zip(nv.pre_prepares, plan.blocks, strict=True):
+            pp = cert.pre_prepare
+            self.slots[vote.seq] = Slot(pre_prepare=PrePrepare(vote, pp.parent_digest, pp.payload))
+            self.next_proposal_seq = max(self.next_proposal_seq, vote.seq + 1)
+
+    # ---- invariants ---------------------------------------------------------------------
+
+    def _check_invariants(self) -> None:
+        assert self.last_delivered_seq >= 0 and self.low_seq >= 0
+        assert all(self.low_seq < s <= self.high_seq for s in self.slots)
+        assert len(self.slots) <= self.config.window_size
+        assert self.stash_count <= self.config.stash_total_max
+        assert len(self.evidence) <= self.config.evidence_max
+        assert len(self.view_changes) <= self.config.n
+
+
+def _get_record_view(record: PersistRecord) -> int:
+    if isinstance(record, Vote):
+        return record.view
+    if isinstance(record, PrePrepare):
+        return record.vote.view
+    if isinstance(record, PreparedCertificate):
+        return record.pre_prepare.vote.view
+    if isinstance(record, ViewChange):
+        return record.new_view
+    if isinstance(record, NewView):
+        return record.view
+    return 0
