@@ -705,12 +705,12 @@ class Driver:
             consensus_latency=self.latency.snapshot(),
             messages_dropped_total=self.get_dropped(),
             extra_gauges={
-                "evidence_total": float(self.evidence_total),
-                "halted": 1.0 if self.halted else 0.0,
-                "proposals_total": float(self.proposals_total),
-                "stash_messages": float(usage["stash"]),
-                "checked_blocks_cached": float(len(self.checker)),
-                "stateless_block_checks_total": float(self.checker.stateless_checks),
+                "bcfl_evidence_total": float(self.evidence_total),
+                "bcfl_halted": 1.0 if self.halted else 0.0,
+                "bcfl_proposals_total": float(self.proposals_total),
+                "bcfl_stash_messages": float(usage["stash"]),
+                "bcfl_checked_blocks_cached": float(len(self.checker)),
+                "bcfl_stateless_block_checks_total": float(self.checker.stateless_checks),
             },
         )
 

@@ -12,7 +12,9 @@ exit code 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -20,7 +22,6 @@ from node.api import create_app
 from node.app import BridgeService
 from node.chain import ChainStoreError
 from node.commands._common import EXIT_OK, CommandError, load_home_config, run
-from node.commands.testnet import find_ports_in_use
 from node.config import Config
 from node.genesis import Genesis, GenesisError, load_genesis
 from node.keys import KeyFileError, KeyPair, load_key_file
@@ -41,12 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_port_in_use(host: str, port: int) -> bool:
+    """True if something listens on ``host:port`` (SO_REUSEADDR, as the servers use it, so
+    connections of a killed node lingering in TIME_WAIT do not count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise CommandError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    return False
+
+
 def _check_ports(config: Config) -> None:
     for what, host, port in (
         ("p2p", config.p2p.listen_host, config.p2p.listen_port),
         ("api", config.api.listen_host, config.api.listen_port),
     ):
-        if port and find_ports_in_use(host, [port]):
+        if port and is_port_in_use(host, port):
             raise CommandError(f"{what} port {host}:{port} is already in use "
                                "(another node running on this home or port?)")
 
@@ -57,6 +73,7 @@ def _start(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request
     home: Path = args.home
     config = load_home_config(home)
     try:
