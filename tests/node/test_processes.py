@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
 N = 4
 
-pytestmark = pytest.mark.slow
+
 
 
 def find_base_port(count: int) -> int:
@@ -150,6 +150,7 @@ def _get_metric(text: str, prefix: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_localnet_commits_agrees_and_refuses_strangers_and_bad_requests(localnet: Net) -> None:
     net = localnet
     status = bcfl("localnet", "status", "--dir", str(net.dir))
@@ -187,6 +188,7 @@ def test_localnet_commits_agrees_and_refuses_strangers_and_bad_requests(localnet
     net.assert_same_chain(list(range(N)))
 
 
+@pytest.mark.slow
 def test_crashed_validator_catches_up_and_crashed_primary_is_replaced(localnet: Net) -> None:
     net = localnet
     wait_for(lambda: min(net.height(i) for i in range(N)) >= 2, "height 2")
@@ -209,3 +211,32 @@ def test_crashed_validator_catches_up_and_crashed_primary_is_replaced(localnet: 
              "a view change")
     wait_for(lambda: min(net.height(i) for i in alive) >= start + 3, "commits in the new view")
     net.assert_same_chain(alive)
+
+
+@pytest.mark.slow
+def test_start_refuses_a_second_node_on_a_running_home(localnet: Net) -> None:
+    again = bcfl("start", "--home", str(localnet.homes[0]), timeout_s=30)
+    assert again.returncode == 1
+    assert "already in use" in again.stderr or "locked" in again.stderr, again.stderr
+    assert localnet.height(0) >= 1  # the running node is unaffected
+
+
+@pytest.mark.parametrize("breakage", ["missing_home", "open_key", "bad_genesis", "bad_config"])
+def test_start_explains_why_it_cannot_start(tmp_path: Path, breakage: str) -> None:
+    base = find_base_port(2 * N)
+    made = bcfl("testnet", "-n", str(N), "-o", str(tmp_path / "net"), "--base-port", str(base))
+    assert made.returncode == 0, made.stderr
+    home = tmp_path / "net" / "node0"
+    expected = {"missing_home": "does not exist", "open_key": "chmod 600",
+                "bad_genesis": "genesis", "bad_config": "listen_port"}[breakage]
+    if breakage == "missing_home":
+        home = tmp_path / "nowhere"
+    elif breakage == "open_key":
+        (home / "config" / "node_key.json").chmod(0o644)
+    elif breakage == "bad_genesis":
+        (home / "config" / "genesis.json").write_text("{\"chain_id\": 5}")
+    else:
+        (home / "config" / "config.toml").write_text("[p2p]\nlisten_port = \"x\"\n")
+    result = bcfl("start", "--home", str(home), timeout_s=30)
+    assert result.returncode == 1
+    assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
