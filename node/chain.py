@@ -57,7 +57,13 @@ class ChainStore:
                 raise ChainStoreError(
                     "the store has blocks but no genesis hash: not a bcfl data dir?"
                 )
-            store.put(schema.GENESIS_HASH_KEY, genesis_hash, sync=True)
+            # The genesis balances are state entries like any other: without them a restart
+            # would rebuild the state from the blocks' diffs alone and miss every account
+            # that no block has touched yet.
+            genesis_entries = get_genesis_state(genesis).entries
+            store.write_batch(
+                [(schema.GENESIS_HASH_KEY, genesis_hash), *genesis_entries.items()], sync=True
+            )
         elif stored != genesis_hash:
             raise GenesisMismatchError(
                 f"this data dir belongs to genesis {stored.hex()[:16]}, but the genesis file "

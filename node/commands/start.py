@@ -1,0 +1,149 @@
+"""``bcfl start --home DIR``: run one validator until SIGINT/SIGTERM.
+
+Loads ``config/config.toml``, the genesis and the 0600 key, opens LevelDB under
+``data/``, restores the committed state and the consensus replica (from the
+write-ahead records and the chain tip), then runs the transport and the
+consensus driver on trio and the HTTP API on asyncio (``node.runtime.run_node``).
+Every startup failure (missing home, bad genesis or config, key readable by
+others, data dir locked by another node, port in use) is one clear line and
+exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from node.api import create_app
+from node.app import BridgeService
+from node.chain import ChainStoreError
+from node.commands._common import EXIT_OK, CommandError, load_home_config, run
+from node.config import Config
+from node.genesis import Genesis, GenesisError, load_genesis
+from node.keys import KeyFileError, KeyPair, load_key_file
+from node.node import Driver, Node, NodeSetupError
+from node.runtime import Bridge, run_node
+from node.service import EventHub
+from node.store import LevelDBStore, StoreError
+from node.transport import Transport, TransportError, ValidatorAddress
+
+logger = logging.getLogger("bcfl.start")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcfl start", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, required=True, help="the node's home directory")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def is_port_in_use(host: str, port: int) -> bool:
+    """True if something listens on ``host:port`` (SO_REUSEADDR, as the servers use it, so
+    connections of a killed node lingering in TIME_WAIT do not count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise CommandError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    return False
+
+
+def _check_ports(config: Config) -> None:
+    for what, host, port in (
+        ("p2p", config.p2p.listen_host, config.p2p.listen_port),
+        ("api", config.api.listen_host, config.api.listen_port),
+    ):
+        if port and is_port_in_use(host, port):
+            raise CommandError(f"{what} port {host}:{port} is already in use "
+                               "(another node running on this home or port?)")
+
+
+def _start(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request
+    home: Path = args.home
+    config = load_home_config(home)
+    try:
+        genesis = load_genesis(config.get_genesis_path(home))
+        key = load_key_file(config.get_key_path(home))
+    except (GenesisError, KeyFileError) as exc:
+        raise CommandError(str(exc)) from None
+    _check_ports(config)
+    try:
+        store = LevelDBStore(config.get_data_path(home))
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        return _run(config, genesis, key, store)
+    finally:
+        store.close()
+
+
+def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore) -> int:
+    hub = EventHub()
+    try:
+        driver = Driver(config, genesis, key, store, network=_Unwired(), publish=hub.publish)
+        validators = [
+            ValidatorAddress(i, v.public_key, v.p2p_host, v.p2p_port)
+            for i, v in enumerate(genesis.validators)
+        ]
+        transport = Transport(key, config.p2p.listen_host, config.p2p.listen_port, validators)
+    except (NodeSetupError, ChainStoreError, TransportError) as exc:
+        raise CommandError(str(exc)) from None
+    driver.network = transport
+    node = Node(driver, transport, config.consensus.tick_ms)
+
+    async def trio_main(bridge: Bridge) -> None:
+        await node.run(bridge)
+
+    def on_started(bridge: Bridge, port: int) -> None:
+        logger.info(
+            "started %s: validator %d of %d on chain %r, peer id %s, p2p %s:%d, api http://%s:%d, "
+            "height %d, view %d",
+            config.moniker, driver.index, len(genesis.validators), genesis.chain_id,
+            key.peer_id, config.p2p.listen_host, config.p2p.listen_port,
+            config.api.listen_host, port, driver.state.height, driver.replica.view,
+        )
+
+    run_node(
+        trio_main,
+        lambda bridge: create_app(BridgeService(bridge, hub), config),
+        http_host=config.api.listen_host,
+        http_port=config.api.listen_port,
+        on_started=on_started,
+    )
+    logger.info("stopped %s at height %d", config.moniker, driver.state.height)
+    return EXIT_OK
+
+
+class _Unwired:
+    """Placeholder network until the transport exists (nothing is sent during restore)."""
+
+    def send(self, to_index: int, frame: bytes, traffic: object = None) -> bool:
+        raise AssertionError("the driver sent before the transport was wired")
+
+    def broadcast(self, frame: bytes, traffic: object = None) -> int:
+        raise AssertionError("the driver sent before the transport was wired")
+
+    def get_connected_peers(self) -> list[int]:
+        return []
+
+    def get_metrics(self) -> dict[str, object]:
+        return {}
+
+
+def main(argv: list[str]) -> int:
+    return run("bcfl start", _start, build_parser(), argv)

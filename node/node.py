@@ -1,0 +1,804 @@
+"""The validator: the consensus driver (synchronous, testable) and its trio loops.
+
+:class:`Driver` owns the replica, the chain store, the committed state, the mempool
+and the block checker. Every input is an event fed to ``replica.handle``; the actions
+come back as a list and are executed IN ORDER, synchronously (no await in between, so
+no other task can interleave):
+
+- ``Persist``: encoded with the codec and appended to the store's write-ahead area in one
+  synced batch; consecutive Persists share one batch, and the batch is flushed before the
+  next non-Persist action, so a vote is durable before anything that depends on it leaves.
+- ``Send``/``Broadcast``: encoded and queued on the transport's CONSENSUS class.
+- ``Deliver``: the block's post-state comes from the checker (computed when the block was
+  validated or built) or from ``apply_block``; the block, certificate and state diff are
+  committed in one synced batch; the mempool drops what the block used; events go out.
+- ``FetchBlocks``: a wire request to the first peer offered (the core rotates and retries).
+- ``ReportEvidence``: kept (bounded) and counted. ``Discard``: counted by reason.
+
+After each event, if the replica offers a proposal slot and a block is due (a full
+block's worth of txs, or txs waiting for ``build_interval_ms``, or no progress for the
+empty-block interval, which is a third of the view-change timeout so the core's
+progress timer never fires on an idle but healthy chain), the primary builds the block on
+the post-state of the slot's parent and feeds ``Proposal``. Post-states of in-flight
+blocks live in the checker (bounded), which gives pipelining for free.
+
+A committed block that fails ``apply_block`` can only come from a Byzantine primary whose
+block f+1 honest replicas checked without its parent's state. Every honest node then
+fails on the same block, and each HALTS commits there (logs it, reports ``halted`` in
+metrics, keeps serving reads): deterministic, and it never forks the state. An operator
+must intervene; see docs/node.md.
+
+:class:`Node` runs the driver on trio: the inbound consensus loop (read first), the tx
+batch loop (only when no consensus frame waits), the tick loop, the relay loop and the
+API request loop, each bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from consensus.config import ReplicaConfig
+from consensus.events import (
+    Action,
+    BlocksFetched,
+    Broadcast,
+    Deliver,
+    Discard,
+    Event,
+    FetchBlocks,
+    Persist,
+    PersistRecord,
+    Proposal,
+    Receive,
+    ReportEvidence,
+    Send,
+    Tick,
+)
+from consensus.messages import (
+    MESSAGE_TYPES,
+    PEER_MESSAGE_TYPES,
+    PHASE_COMMIT,
+    Evidence,
+    FetchedBlock,
+    NewView,
+    PreparedCertificate,
+    PrePrepare,
+    StableCheckpoint,
+    ViewChange,
+    Vote,
+)
+from consensus.messages import CommitCertificate as ConsensusCertificate
+from consensus.replica import Replica
+from node import schema
+from node.app import BlockChecker, NodeAuthenticator
+from node.chain import ChainStore, ChainStoreError
+from node.codec import (
+    DEFAULT_LIMITS,
+    Block,
+    CommitCertificate,
+    CommitSignature,
+    DecodeError,
+    Limits,
+    decode_block,
+    decode_consensus_message,
+    encode_block,
+    encode_consensus_message,
+    get_block_hash,
+    get_tx_hash,
+)
+from node.config import Config
+from node.genesis import Genesis, get_genesis_hash
+from node.keys import KeyPair
+from node.ledger import (
+    AppliedBlock,
+    BlockInvalid,
+    ChainContext,
+    State,
+    apply_block,
+    build_block,
+    get_account,
+)
+from node.mempool import (
+    SOURCE_LOCAL,
+    SOURCE_PEER,
+    Mempool,
+    MempoolConfig,
+    decode_tx_batch,
+    encode_tx_batch,
+)
+from node.service import (
+    LATENCY_BOUNDS_SECONDS,
+    REJECT_BAD_NONCE,
+    REJECT_BAD_SIGNATURE,
+    REJECT_INSUFFICIENT_BALANCE,
+    REJECT_INVALID_TX,
+    REJECT_MEMPOOL_FULL,
+    AccountInfo,
+    BlockEvent,
+    BlockInfo,
+    Histogram,
+    Metrics,
+    NodeEvent,
+    NodeStatus,
+    SubmitResult,
+    TxEvent,
+    TxStatus,
+    ValidatorStatus,
+)
+from node.store import KVStore
+from node.transport import FRAME_SIZE_MAX_BYTES, TrafficClass
+from node.wire import (
+    FETCH_BLOCKS_MAX,
+    FRAME_BLOCK_REQUEST,
+    FRAME_BLOCK_RESPONSE,
+    FRAME_CONSENSUS,
+    FRAME_TX_BATCH,
+    BlockRequest,
+    decode_block_request,
+    decode_block_response,
+    encode_block_request,
+    encode_block_response,
+    get_frame_kind,
+)
+
+logger = logging.getLogger(__name__)
+
+# Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
+BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
+RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
+EVIDENCE_KEPT_MAX = 64
+DROP_REASONS_MAX = 64
+PROPOSALS_PER_EVENT_MAX = 8
+RELAY_BATCH_TXS_MAX = 2_000
+RELAY_BATCH_BYTES_MAX = 1024 * 1024
+RELAY_INTERVAL_S = 0.02
+CONSENSUS_FRAMES_PER_YIELD = 64
+TX_BATCH_WAIT_YIELDS_MAX = 64
+MEMPOOL_EXPIRY_TICKS = 20
+
+MEMPOOL_REASON_CODES = {
+    "decode": REJECT_INVALID_TX,
+    "oversize": REJECT_INVALID_TX,
+    "unsupported": REJECT_INVALID_TX,
+    "bad_signature": REJECT_BAD_SIGNATURE,
+    "nonce_too_low": REJECT_BAD_NONCE,
+    "nonce_too_far_ahead": REJECT_BAD_NONCE,
+    "duplicate_nonce": REJECT_BAD_NONCE,
+    "insufficient_balance": REJECT_INSUFFICIENT_BALANCE,
+    "full": REJECT_MEMPOOL_FULL,
+}
+
+
+class NodeSetupError(Exception):
+    """The node cannot start with this key, genesis and data (a clear one-line reason)."""
+
+
+class Network(Protocol):
+    """What the driver needs from the transport (a fake in unit tests)."""
+
+    def send(self, to_index: int, frame: bytes, traffic: TrafficClass = ...) -> bool: ...
+
+    def broadcast(self, frame: bytes, traffic: TrafficClass = ...) -> int: ...
+
+    def get_connected_peers(self) -> list[int]: ...
+
+    def get_metrics(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class LatencyHistogram:
+    bounds_seconds: tuple[float, ...] = LATENCY_BOUNDS_SECONDS
+    counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BOUNDS_SECONDS))
+    count: int = 0
+    sum_seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum_seconds += seconds
+        for i, bound in enumerate(self.bounds_seconds):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+    def snapshot(self) -> Histogram:
+        return Histogram(self.bounds_seconds, tuple(self.counts), self.count, self.sum_seconds)
+
+
+def to_codec_certificate(certificate: ConsensusCertificate) -> CommitCertificate:
+    """The core's quorum of COMMIT votes as the codec stores it (same signatures)."""
+    commits = certificate.commits
+    assert commits, "a commit certificate has votes"
+    first = commits[0]
+    assert all((v.view, v.seq, v.digest) == (first.view, first.seq, first.digest) for v in commits)
+    signatures = tuple(CommitSignature(v.signer, v.signature) for v in commits)
+    return CommitCertificate(first.seq, first.view, first.digest, signatures)
+
+
+def to_consensus_certificate(certificate: CommitCertificate) -> ConsensusCertificate:
+    return ConsensusCertificate(
+        tuple(
+            Vote(
+                PHASE_COMMIT,
+                certificate.view,
+                certificate.height,
+                certificate.block_hash,
+                s.validator_index,
+                s.signature,
+            )
+            for s in certificate.signatures
+        )
+    )
+
+
+def get_record_seq(record: PersistRecord) -> int | None:
+    """The seq a record is about (None: view-change records, kept by view)."""
+    if isinstance(record, Vote):
+        return record.seq
+    if isinstance(record, PrePrepare):
+        return record.vote.seq
+    if isinstance(record, PreparedCertificate):
+        return record.pre_prepare.vote.seq
+    return None
+
+
+def get_node_index(genesis: Genesis, key: KeyPair) -> int:
+    for index, validator in enumerate(genesis.validators):
+        if validator.public_key == key.public_key:
+            return index
+    raise NodeSetupError(
+        f"this node's key {key.public_key.hex()[:16]}... is not a validator in the genesis of "
+        f"chain {genesis.chain_id!r}"
+    )
+
+
+def make_replica_config(config: Config, genesis: Genesis, index: int) -> ReplicaConfig:
+    c = config.consensus
+    try:
+        return ReplicaConfig(
+            n=len(genesis.validators),
+            index=index,
+            genesis_digest=get_genesis_hash(genesis),
+            window_size=c.window,
+            checkpoint_interval=c.checkpoint_interval,
+            view_change_timeout_ticks=c.view_change_timeout_ticks,
+            status_interval_ticks=max(1, min(10, c.view_change_timeout_ticks // 4)),
+            fetch_timeout_ticks=max(2, c.view_change_timeout_ticks // 2),
+            fetch_blocks_max=FETCH_BLOCKS_MAX,
+        )
+    except ValueError as exc:
+        raise NodeSetupError(f"consensus config: {exc}") from None
+
+
+class Driver:
+    """Feeds events to the replica and executes its actions in order (see the module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        genesis: Genesis,
+        key: KeyPair,
+        store: KVStore,
+        network: Network,
+        publish: Callable[[NodeEvent], None] = lambda event: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.config = config
+        self.genesis = genesis
+        self.key = key
+        self.network = network
+        self.publish = publish
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.limits = limits
+        self.index = get_node_index(genesis, key)
+        self.chain = ChainStore(store, genesis, limits)
+        self.state: State = self.chain.load_state()
+        self.context = ChainContext.from_genesis(genesis, limits)
+        self.mempool = Mempool(
+            genesis.chain_id,
+            limits,
+            MempoolConfig(
+                tx_count_max=config.mempool.txs_max, size_max_bytes=config.mempool.size_max_bytes
+            ),
+            validator_count=len(genesis.validators),
+        )
+        self.block_txs_max = min(config.block.txs_max, limits.block_txs_max)
+        self.block_size_max_bytes = min(
+            config.block.size_max_bytes, limits.block_size_max_bytes, BLOCK_SIZE_CAP_BYTES
+        )
+        self.checker = BlockChecker(
+            self.context, self.mempool.signature_cache, self.state, self.block_size_max_bytes
+        )
+        self.auth = NodeAuthenticator(
+            key, genesis.chain_id, [v.public_key for v in genesis.validators]
+        )
+        self.replica_config = make_replica_config(config, genesis, self.index)
+        self.replica = Replica.restore(
+            self.replica_config,
+            self.auth,
+            self.checker,
+            self._load_wal_records(),
+            (self.state.height, self.state.last_block_hash),
+        )
+        tick_s = config.consensus.tick_ms / 1000
+        view_change_s = config.consensus.view_change_timeout_ticks * tick_s
+        self.build_interval_s = config.block.build_interval_ms / 1000
+        self.empty_block_interval_s = min(
+            config.consensus.propose_timeout_ticks * tick_s, view_change_s / 3
+        )
+        now = clock()
+        self.last_proposal_time = now
+        self.last_progress_time = now
+        self.next_build_check = now
+        self.seen_times: dict[int, float] = {}
+        self.latency = LatencyHistogram()
+        self.evidence: deque[Evidence] = deque(maxlen=EVIDENCE_KEPT_MAX)
+        self.evidence_total = 0
+        self.discards: dict[str, int] = {}
+        self.drops: dict[str, int] = {}
+        self.view_changes_total = 0
+        self.last_view = self.replica.view
+        self.blocks_committed_total = 0
+        self.txs_committed_total = 0
+        self.proposals_total = 0
+        self.ticks = 0
+        self.halted: str | None = None
+        self._pending_persist: list[bytes] = []
+        self._pending_stable: int | None = None
+
+    # --- restore ---------------------------------------------------------------------
+
+    def _load_wal_records(self) -> list[PersistRecord]:
+        records: list[PersistRecord] = []
+        for seq, raw in self.chain.load_wal_entries():
+            try:
+                record = decode_consensus_message(raw, MESSAGE_TYPES, self.limits)
+            except DecodeError as exc:
+                raise ChainStoreError(f"write-ahead record {seq} is corrupt: {exc}") from None
+            if not isinstance(
+                record, Vote | PrePrepare | PreparedCertificate | ViewChange | NewView
+            ) and not isinstance(record, StableCheckpoint):
+                raise ChainStoreError(f"write-ahead record {seq} is a {type(record).__name__}")
+            records.append(record)
+        return records
+
+    # --- events in ---------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        if self.halted is not None:
+            return
+        if isinstance(event, Receive) and isinstance(event.message, PrePrepare):
+            seq = event.message.vote.seq
+            if seq > self.replica.last_delivered_seq and len(self.seen_times) < 4 * (
+                self.replica_config.window_size
+            ):
+                self.seen_times.setdefault(seq, self.clock())
+        actions = self.replica.handle(event)
+        self.execute(actions)
+        self._after_handle()
+
+    def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Persist):
+                self._pending_persist.append(encode_consensus_message(action.record))
+                if isinstance(action.record, StableCheckpoint):
+                    self._pending_stable = action.record.seq
+                continue
+            self._flush_persist()
+            if isinstance(action, Send):
+                self.network.send(action.to, encode_consensus_message(action.message))
+            elif isinstance(action, Broadcast):
+                self.network.broadcast(encode_consensus_message(action.message))
+            elif isinstance(action, Deliver):
+                self._deliver(action)
+            elif isinstance(action, FetchBlocks):
+                self._fetch(action)
+            elif isinstance(action, ReportEvidence):
+                self.evidence.append(action.evidence)
+                self.evidence_total += 1
+                signer = action.evidence.first.signer
+                logger.warning("evidence of equivocation by validator %d", signer)
+            elif isinstance(action, Discard):
+                self._count(self.discards, action.reason.split(":", 1)[0])
+            else:  # pragma: no cover - a new action type needs a branch
+                raise AssertionError(f"unknown action {type(action).__name__}")
+        self._flush_persist()
+
+    def _flush_persist(self) -> None:
+        if not self._pending_persist:
+            return
+        records, self._pending_persist = self._pending_persist, []
+        self.chain.append_wal(records)
+        if self._pending_stable is not None:
+            stable, self._pending_stable = self._pending_stable, None
+            self._prune_wal(stable)
+
+    def _prune_wal(self, stable_seq: int) -> None:
+        """Drop records the core no longer needs: at or below the stable checkpoint, older
+        stable checkpoints, and view changes of views below the current one."""
+        doomed: list[bytes] = []
+        view = self.replica.view
+        for wal_seq, raw in self.chain.load_wal_entries():
+            record = decode_consensus_message(raw, MESSAGE_TYPES, self.limits)
+            seq = get_record_seq(record)
+            if (
+                (seq is not None and seq <= stable_seq)
+                or (isinstance(record, StableCheckpoint) and record.seq < stable_seq)
+                or (isinstance(record, ViewChange) and record.new_view < view)
+                or (isinstance(record, NewView) and record.view < view)
+            ):
+                doomed.append(schema.get_wal_key(wal_seq))
+        if doomed:
+            self.chain.store.write_batch([], doomed, sync=True)
+
+    def _count(self, table: dict[str, int], reason: str) -> None:
+        if reason not in table and len(table) >= DROP_REASONS_MAX:
+            reason = "other"
+        table[reason] = table.get(reason, 0) + 1
+
+    def count_drop(self, reason: str) -> None:
+        self._count(self.drops, reason)
+
+    # --- delivery ----------------------------------------------------------------------
+
+    def _deliver(self, action: Deliver) -> None:
+        if self.halted is not None:
+            return
+        try:
+            block = decode_block(action.payload, self.limits, self.genesis.chain_id, False)
+            applied = self.checker.get_applied(action.digest)
+            if applied is None or applied.state.height != self.state.height + 1:
+                applied = apply_block(self.state, block, self.context, self.mempool.signature_cache)
+        except (DecodeError, BlockInvalid) as exc:
+            self._halt(action.seq, str(exc))
+            return
+        assert applied.block_hash == action.digest == get_block_hash(block.header)
+        self._commit(action.payload, block, applied, to_codec_certificate(action.certificate))
+
+    def _commit(
+        self, payload: bytes, block: Block, applied: AppliedBlock, cert: CommitCertificate
+    ) -> None:
+        self.chain.commit_block(payload, block, cert, applied.diff, applied.state)
+        self.state = applied.state
+        self.checker.set_tip(self.state)
+        self.mempool.update(self.state, applied.tx_hashes)
+        now = self.clock()
+        self.last_progress_time = now
+        height = self.state.height
+        seen = self.seen_times.pop(height, None)
+        if seen is not None:
+            self.latency.observe(max(0.0, now - seen))
+        for seq in [s for s in self.seen_times if s <= height]:
+            del self.seen_times[seq]
+        self.blocks_committed_total += 1
+        self.txs_committed_total += len(applied.tx_hashes)
+        self.publish(BlockEvent(height, applied.block_hash, len(applied.tx_hashes)))
+        for index, tx_hash in enumerate(applied.tx_hashes):
+            self.publish(TxEvent(tx_hash, height, index))
+
+    def _halt(self, seq: int, reason: str) -> None:
+        self.halted = f"block {seq} was committed by consensus but fails to apply: {reason}"
+        logger.error("HALT: %s; this node stops committing (see docs/node.md)", self.halted)
+
+    # --- proposals ---------------------------------------------------------------------
+
+    def _after_handle(self) -> None:
+        if self.replica.view != self.last_view:
+            self.view_changes_total += max(0, self.replica.view - self.last_view)
+            self.last_view = self.replica.view
+        for _ in range(PROPOSALS_PER_EVENT_MAX):
+            if self.halted is not None or not self._maybe_propose():
+                return
+
+    def _maybe_propose(self) -> bool:
+        slot = self.replica.get_proposal_slot()
+        if slot is None:
+            return False
+        now = self.clock()
+        parent_state = self.checker.get_state(slot.parent_digest)
+        if parent_state is None:
+            return False  # a re-proposed block of a NEW-VIEW: wait until it is delivered
+        empty_due = now - max(self.last_progress_time, self.last_proposal_time) >= (
+            self.empty_block_interval_s
+        )
+        full = len(self.mempool) >= self.block_txs_max
+        if not (empty_due or full) and (
+            now < self.next_build_check or not len(self.mempool)
+        ):
+            return False
+        txs = self.mempool.reap(self.block_txs_max, self.block_size_max_bytes - 4096, parent_state)
+        if not txs and not empty_due:
+            self.next_build_check = now + self.build_interval_s
+            return False
+        if not empty_due and len(txs) < self.block_txs_max and (
+            now - self.last_proposal_time < self.build_interval_s
+        ):
+            return False
+        built = build_block(
+            parent_state,
+            txs,
+            self.context,
+            self.index,
+            slot.view,
+            self.wall_ms(),
+            self.mempool.signature_cache,
+        )
+        self.checker.remember(built.applied)
+        self.last_proposal_time = now
+        self.next_build_check = now + self.build_interval_s
+        self.proposals_total += 1
+        self.seen_times.setdefault(slot.seq, now)
+        payload = encode_block(built.block)
+        actions = self.replica.handle(Proposal(slot.view, slot.seq, slot.parent_digest, payload))
+        self.execute(actions)
+        return self.replica.get_proposal_slot() != slot
+
+    # --- ticks -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks % MEMPOOL_EXPIRY_TICKS == 0:
+            self.mempool.evict_expired(self.wall_ms())
+        self.handle(Tick())
+
+    # --- frames from peers -------------------------------------------------------------
+
+    def on_consensus_frame(self, sender: int, frame: bytes) -> None:
+        kind = get_frame_kind(frame)
+        try:
+            if kind == FRAME_CONSENSUS:
+                message = decode_consensus_message(frame, PEER_MESSAGE_TYPES, self.limits)
+                self.handle(Receive(sender, message))
+            elif kind == FRAME_BLOCK_REQUEST:
+                self._serve_blocks(sender, decode_block_request(frame))
+            elif kind == FRAME_BLOCK_RESPONSE:
+                blocks = decode_block_response(frame, self.limits)
+                self.handle(BlocksFetched(tuple(blocks)))
+            else:
+                self.count_drop("unknown_frame_kind")
+        except DecodeError as exc:
+            self.count_drop(f"decode_{kind or 'unknown'}")
+            logger.debug("dropped a bad frame from validator %d: %s", sender, exc)
+
+    def on_tx_batch_frame(self, sender: int, frame: bytes) -> None:
+        if get_frame_kind(frame) != FRAME_TX_BATCH:
+            self.count_drop("unknown_frame_kind")
+            return
+        try:
+            txs = decode_tx_batch(frame, self.limits)
+        except DecodeError:
+            self.count_drop("decode_tx_batch")
+            return
+        now_ms = self.wall_ms()
+        for tx in txs:
+            self.mempool.admit(tx, self.state, now_ms, SOURCE_PEER)
+
+    def take_relay_frame(self) -> bytes | None:
+        batch = self.mempool.take_relay_batch(RELAY_BATCH_TXS_MAX, RELAY_BATCH_BYTES_MAX)
+        return encode_tx_batch(batch) if batch else None
+
+    # --- catch-up ----------------------------------------------------------------------
+
+    def _fetch(self, action: FetchBlocks) -> None:
+        if not action.peers:
+            return
+        to_seq = min(action.to_seq, action.from_seq + FETCH_BLOCKS_MAX - 1)
+        request = encode_block_request(BlockRequest(action.from_seq, to_seq))
+        self.network.send(action.peers[0], request)
+
+    def _serve_blocks(self, sender: int, request: BlockRequest) -> None:
+        blocks: list[FetchedBlock] = []
+        size = 0
+        top = min(request.to_seq, self.state.height)
+        for height in range(request.from_seq, top + 1):
+            raw = self.chain.get_block_bytes(height)
+            cert = self.chain.get_certificate(height)
+            if raw is None or cert is None:
+                break
+            if blocks and size + len(raw) > RESPONSE_BUDGET_BYTES:
+                break
+            blocks.append(FetchedBlock(height, raw, to_consensus_certificate(cert)))
+            size += len(raw) + 256 * len(cert.signatures)
+        if blocks:
+            self.network.send(sender, encode_block_response(blocks))
+
+    # --- queries (API) -----------------------------------------------------------------
+
+    def submit_tx(self, tx_bytes: bytes) -> SubmitResult:
+        tx_hash = get_tx_hash(tx_bytes)
+        if self.chain.get_tx_location(tx_hash) is not None:
+            return SubmitResult(tx_hash, "duplicate")
+        result = self.mempool.admit(tx_bytes, self.state, self.wall_ms(), SOURCE_LOCAL)
+        if result.duplicate:
+            return SubmitResult(tx_hash, "duplicate")
+        if result.reason is not None:
+            code = MEMPOOL_REASON_CODES.get(result.reason, REJECT_INVALID_TX)
+            return SubmitResult(tx_hash, "rejected", code, f"{result.reason}: {result.message}")
+        return SubmitResult(tx_hash, "accepted")
+
+    def get_tx(self, tx_hash: bytes) -> TxStatus | None:
+        location = self.chain.get_tx_location(tx_hash)
+        if location is not None:
+            return TxStatus(tx_hash, "committed", location[0], location[1])
+        if tx_hash in self.mempool:
+            return TxStatus(tx_hash, "pending")
+        return None
+
+    def get_block(self, height: int | None) -> BlockInfo | None:
+        height = self.state.height if height is None else height
+        if height < 1 or height > self.state.height:
+            return None
+        raw = self.chain.get_block_bytes(height)
+        if raw is None:
+            return None
+        block = decode_block(raw, self.limits, check_txs=False)
+        return BlockInfo(
+            header=block.header,
+            block_hash=get_block_hash(block.header),
+            tx_hashes=tuple(get_tx_hash(tx) for tx in block.txs),
+            block_bytes=raw,
+            certificate=self.chain.get_certificate(height),
+        )
+
+    def get_status(self) -> NodeStatus:
+        connected = set(self.network.get_connected_peers())
+        validators = tuple(
+            ValidatorStatus(i, v.name, v.public_key, i == self.index or i in connected)
+            for i, v in enumerate(self.genesis.validators)
+        )
+        return NodeStatus(
+            chain_id=self.genesis.chain_id,
+            moniker=self.config.moniker,
+            public_key=self.key.public_key,
+            peer_id=self.key.peer_id,
+            validator_index=self.index,
+            height=self.state.height,
+            latest_block_hash=self.state.last_block_hash if self.state.height else None,
+            view=self.replica.view,
+            primary_index=self.replica_config.get_primary(self.replica.view),
+            peers_connected=len(connected),
+            validators=validators,
+            catching_up=self.replica.fetch is not None,
+            mempool_txs=len(self.mempool),
+        )
+
+    def get_account(self, account_id: bytes) -> AccountInfo:
+        account = get_account(self.state, account_id)
+        pending = set(self.mempool.get_pending_nonces(account_id))
+        nonce = account.nonce
+        while nonce in pending:  # bounded by the mempool's per-sender nonce window
+            nonce += 1
+        return AccountInfo(account_id, account.balance, nonce)
+
+    def get_dropped(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        transport = self.network.get_metrics()
+        for reason, count in transport.get("drops", {}).items():
+            out[f"transport_{reason}"] = int(count)
+        out["refused_connection"] = int(transport.get("refused_connections", 0))
+        out["refused_stream"] = int(transport.get("refused_streams", 0))
+        for reason, count in self.drops.items():
+            out[reason] = count
+        for reason, count in self.discards.items():
+            out[f"consensus_{reason.replace(' ', '_')}"] = count
+        return out
+
+    def get_metrics(self) -> Metrics:
+        usage = self.replica.get_memory_usage()
+        return Metrics(
+            height=self.state.height,
+            view=self.replica.view,
+            view_changes_total=self.view_changes_total,
+            blocks_committed_total=self.blocks_committed_total,
+            txs_committed_total=self.txs_committed_total,
+            mempool_txs=len(self.mempool),
+            mempool_size_bytes=self.mempool.size_bytes,
+            peers_connected=len(self.network.get_connected_peers()),
+            consensus_latency=self.latency.snapshot(),
+            messages_dropped_total=self.get_dropped(),
+            extra_gauges={
+                "bcfl_evidence_total": float(self.evidence_total),
+                "bcfl_halted": 1.0 if self.halted else 0.0,
+                "bcfl_proposals_total": float(self.proposals_total),
+                "bcfl_stash_messages": float(usage["stash"]),
+                "bcfl_checked_blocks_cached": float(len(self.checker)),
+                "bcfl_stateless_block_checks_total": float(self.checker.stateless_checks),
+            },
+        )
+
+
+class Node:
+    """The driver on trio with the transport and the API bridge."""
+
+    def __init__(self, driver: Driver, transport: Any, tick_ms: int) -> None:
+        self.driver = driver
+        self.transport = transport
+        self.tick_s = tick_ms / 1000
+
+    async def run(self, bridge: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.run)
+            nursery.start_soon(self._consensus_loop)
+            nursery.start_soon(self._tx_loop)
+            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._relay_loop)
+            if bridge is not None:
+                nursery.start_soon(self._request_loop, bridge)
+            task_status.started()
+
+    async def _consensus_loop(self) -> None:
+        inbound = self.transport.inbound(TrafficClass.CONSENSUS)
+        handled = 0
+        async for sender, frame in inbound:
+            self.driver.on_consensus_frame(sender, frame)
+            handled += 1
+            if handled % CONSENSUS_FRAMES_PER_YIELD == 0:
+                await trio.sleep(0)
+
+    async def _tx_loop(self) -> None:
+        consensus = self.transport.inbound(TrafficClass.CONSENSUS)
+        async for sender, frame in self.transport.inbound(TrafficClass.TRANSACTIONS):
+            # Consensus first: let waiting consensus frames go before this batch (bounded).
+            for _ in range(TX_BATCH_WAIT_YIELDS_MAX):
+                if consensus.statistics().current_buffer_used == 0:
+                    break
+                await trio.sleep(0)
+            self.driver.on_tx_batch_frame(sender, frame)
+
+    async def _tick_loop(self) -> None:
+        deadline = trio.current_time()
+        while True:
+            deadline = max(deadline + self.tick_s, trio.current_time())
+            await trio.sleep_until(deadline)
+            self.driver.tick()
+
+    async def _relay_loop(self) -> None:
+        while True:
+            await trio.sleep(RELAY_INTERVAL_S)
+            frame = self.driver.take_relay_frame()
+            if frame is not None:
+                self.transport.broadcast(frame, TrafficClass.TRANSACTIONS)
+
+    async def _request_loop(self, bridge: Any) -> None:
+        while True:
+            request = await bridge.receive_request()
+            try:
+                request.reply(self._answer(request.kind, request.payload))
+            except Exception as exc:  # one bad request must not stop the node
+                logger.exception("API request %s failed", request.kind)
+                request.fail(exc)
+
+    def _answer(self, kind: str, payload: Any) -> Any:
+        d = self.driver
+        if kind == "submit_tx":
+            return d.submit_tx(payload)
+        if kind == "get_tx":
+            return d.get_tx(payload)
+        if kind == "get_block":
+            return d.get_block(payload)
+        if kind == "get_status":
+            return d.get_status()
+        if kind == "get_account":
+            return d.get_account(payload)
+        if kind == "get_metrics":
+            return d.get_metrics()
+        raise ValueError(f"unknown request kind {kind!r}")
+
+
+__all__ = [
+    "Driver",
+    "Network",
+    "Node",
+    "NodeSetupError",
+    "get_record_seq",
+    "to_codec_certificate",
+    "to_consensus_certificate",
+]

@@ -1,0 +1,378 @@
+"""In-process tests of the driver pieces: wire frames, authenticator, block checker, action
+order (WAL before sends), restore without double votes, bad frames, halting, the service."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from node_harness import ACCOUNT_KEYS, CHAIN_ID, VALIDATOR_KEYS, Cluster, make_genesis, transfer
+
+from consensus.events import Deliver
+from consensus.messages import (
+    MESSAGE_TYPES,
+    PHASE_COMMIT,
+    PHASE_PRE_PREPARE,
+    PHASE_PREPARE,
+    CommitCertificate,
+    FetchedBlock,
+    PreparedCertificate,
+    PrePrepare,
+    Status,
+    Vote,
+)
+from node.app import BlockChecker, NodeAuthenticator
+from node.chain import ChainStore
+from node.codec import (
+    DecodeError,
+    decode_block,
+    decode_consensus_message,
+    encode_block,
+    encode_consensus_message,
+    get_block_hash,
+)
+from node.genesis import get_genesis_hash
+from node.ledger import (
+    ChainContext,
+    SignatureCache,
+    State,
+    apply_block,
+    build_block,
+    get_genesis_state,
+)
+from node.mempool import encode_tx_batch
+from node.node import to_codec_certificate, to_consensus_certificate
+from node.service import REJECT_BAD_NONCE, REJECT_INVALID_TX
+from node.store import MemoryStore
+from node.wire import (
+    FETCH_BLOCKS_MAX,
+    BlockRequest,
+    decode_block_request,
+    decode_block_response,
+    encode_block_request,
+    encode_block_response,
+)
+
+# --- wire -----------------------------------------------------------------------------
+
+
+def test_block_request_round_trip_and_strictness() -> None:
+    request = BlockRequest(3, 10)
+    frame = encode_block_request(request)
+    assert decode_block_request(frame) == request
+    for bad in (frame + b"\x00", frame[:-1], b"\x11" + frame[1:], frame[:1] + b"\x02" + frame[2:]):
+        with pytest.raises(DecodeError):
+            decode_block_request(bad)
+    reversed_range = frame[:2] + (10).to_bytes(8, "little") + (3).to_bytes(8, "little")
+    with pytest.raises(DecodeError, match="not a range"):
+        decode_block_request(reversed_range)
+    with pytest.raises(ValueError):
+        BlockRequest(1, FETCH_BLOCKS_MAX + 1)
+
+
+def test_block_response_round_trip_and_strictness() -> None:
+    vote = Vote(PHASE_COMMIT, 0, 1, b"\x01" * 32, 0, b"\x02" * 64)
+    blocks = [FetchedBlock(s, b"payload%d" % s, CommitCertificate((vote,))) for s in (1, 2)]
+    frame = encode_block_response(blocks)
+    assert decode_block_response(frame) == blocks
+    with pytest.raises(DecodeError):
+        decode_block_response(frame + b"\x00")
+    with pytest.raises(DecodeError, match="strictly increase"):
+        decode_block_response(encode_block_response(blocks[::-1]))
+    with pytest.raises(DecodeError):
+        decode_block_response(frame[:2] + (FETCH_BLOCKS_MAX + 1).to_bytes(4, "little"))
+
+
+def test_certificate_conversion_is_lossless() -> None:
+    votes = tuple(Vote(PHASE_COMMIT, 2, 7, b"\x05" * 32, i, bytes([i]) * 64) for i in (0, 2, 3))
+    cert = CommitCertificate(votes)
+    codec_cert = to_codec_certificate(cert)
+    assert (codec_cert.height, codec_cert.view, codec_cert.block_hash) == (7, 2, b"\x05" * 32)
+    assert to_consensus_certificate(codec_cert) == cert
+
+
+# --- authenticator and block checker ----------------------------------------------------
+
+
+def test_authenticator_binds_signer_and_chain() -> None:
+    keys = [k.public_key for k in VALIDATOR_KEYS]
+    auth = NodeAuthenticator(VALIDATOR_KEYS[1], CHAIN_ID, keys)
+    body = Status(3, 9, 1, b"")
+    signature = auth.sign(body)
+    assert auth.verify(1, body, signature)
+    assert not auth.verify(2, body, signature)  # another validator's key
+    assert not auth.verify(7, body, signature)  # not a validator
+    assert not auth.verify(1, dataclasses.replace(body, view=4), signature)
+    other_chain = NodeAuthenticator(VALIDATOR_KEYS[1], "other-chain", keys)
+    assert not other_chain.verify(1, body, signature)
+
+
+def _make_checker() -> tuple[BlockChecker, bytes, bytes]:
+    genesis = make_genesis()
+    state = get_genesis_state(genesis)
+    context = ChainContext.from_genesis(genesis)
+    checker = BlockChecker(context, SignatureCache(), state, 1024 * 1024)
+    built = build_block(state, [transfer(0, 0)], context, 0, 0, 5_000)
+    return checker, get_genesis_hash(genesis), encode_block(built.block)
+
+
+def test_block_checker_accepts_a_valid_block_and_names_each_fault() -> None:
+    checker, genesis_hash, payload = _make_checker()
+    block = decode_block(payload)
+    assert checker.validate_block(1, genesis_hash, payload) == get_block_hash(block.header)
+    assert checker.get_applied(get_block_hash(block.header)) is not None
+    assert checker.validate_block(2, genesis_hash, payload).startswith("height")
+    assert checker.validate_block(1, b"\x07" * 32, payload).startswith("parent_hash")
+    assert checker.validate_block(1, genesis_hash, b"junk").startswith("decode")
+    assert checker.validate_block(1, genesis_hash, payload + b"\x00").startswith("decode")
+    wrong_root = dataclasses.replace(
+        block, header=dataclasses.replace(block.header, state_root=b"\x00" * 32)
+    )
+    assert checker.validate_block(1, genesis_hash, encode_block(wrong_root)).startswith(
+        "state_root"
+    )
+    other_chain = dataclasses.replace(
+        block, header=dataclasses.replace(block.header, chain_id="other")
+    )
+    assert checker.validate_block(1, genesis_hash, encode_block(other_chain)).startswith("decode")
+
+
+def test_block_checker_without_parent_state_still_checks_signatures() -> None:
+    checker, genesis_hash, payload = _make_checker()
+    block = decode_block(payload)
+    parent = b"\x09" * 32  # a parent whose post-state this node never saw
+    forged_tx = bytearray(block.txs[0])
+    forged_tx[-1] ^= 1  # breaks the signature
+    header = dataclasses.replace(block.header, parent_hash=parent)
+    good = dataclasses.replace(block, header=header)
+    assert checker.validate_block(1, parent, encode_block(good)) == get_block_hash(header)
+    bad_txs = (bytes(forged_tx),)
+    from node.codec import compute_tx_root
+
+    bad = dataclasses.replace(
+        block, header=dataclasses.replace(header, tx_root=compute_tx_root(bad_txs)), txs=bad_txs
+    )
+    assert checker.validate_block(1, parent, encode_block(bad)).startswith("signature")
+
+
+# --- the driver in a cluster -----------------------------------------------------------
+
+
+def test_cluster_commits_transactions_and_agrees() -> None:
+    cluster = Cluster()
+    for nonce in range(5):
+        assert cluster.drivers[nonce % 4].submit_tx(transfer(0, nonce)).status == "accepted"
+    cluster.run_until(lambda: all(d.txs_committed_total == 5 for d in cluster.drivers))
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 6)
+    top = min(cluster.get_heights())
+    for height in range(1, top + 1):
+        hashes = {d.chain.get_block_bytes(height) for d in cluster.drivers}
+        assert len(hashes) == 1
+    assert all(d.get_account(ACCOUNT_KEYS[0].public_key).nonce == 5 for d in cluster.drivers)
+
+
+def _decode_votes(frames: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for kind, item in frames:
+        if kind == "send":
+            assert isinstance(item, bytes)
+            if item[:1] == b"\x06":
+                out.append(("send", decode_consensus_message(item, MESSAGE_TYPES)))
+        else:
+            assert isinstance(item, list)
+            out += [("wal", decode_consensus_message(r, MESSAGE_TYPES)) for r in item]
+    return out
+
+
+def test_persist_is_durable_before_the_sends_that_depend_on_it() -> None:
+    cluster = Cluster()
+    log: list[tuple[str, object]] = []
+    for driver, network in zip(cluster.drivers, cluster.networks, strict=True):
+        network.log = log
+        append = driver.chain.append_wal
+
+        def traced(records: list[bytes], append=append) -> list[int]:  # type: ignore[no-untyped-def]
+            log.append(("wal", list(records)))
+            return append(records)
+
+        driver.chain.append_wal = traced  # type: ignore[method-assign]
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 4)
+    events = _decode_votes(log)
+    persisted: set[object] = set()
+    checked = 0
+    for kind, message in events:
+        if kind == "wal":
+            persisted.add(message)
+            if isinstance(message, PreparedCertificate):
+                vote = message.pre_prepare.vote
+                persisted.add(("prepared", vote.view, vote.seq))
+            continue
+        if isinstance(message, PrePrepare):
+            assert message in persisted, "PRE-PREPARE sent before it was persisted"
+            checked += 1
+        elif isinstance(message, Vote) and message.phase == PHASE_PREPARE:
+            assert message in persisted, "PREPARE sent before it was persisted"
+            checked += 1
+        elif isinstance(message, Vote) and message.phase == PHASE_COMMIT:
+            assert ("prepared", message.view, message.seq) in persisted, "COMMIT before prepared"
+            checked += 1
+    assert checked > 20
+
+
+def _conflicting_pre_prepare(cluster: Cluster, parent_state: State, digest: bytes) -> PrePrepare:
+    """A second, different block on ``parent_state`` signed by the primary (an equivocation)."""
+    primary = cluster.drivers[0]
+    built = build_block(parent_state, [], primary.context, 0, 0, int(cluster.now * 1000) + 77)
+    other = get_block_hash(built.block.header)
+    assert other != digest
+    body = Vote(PHASE_PRE_PREPARE, 0, parent_state.height + 1, other, 0, b"")
+    vote = dataclasses.replace(body, signature=primary.auth.sign(body))
+    return PrePrepare(vote, parent_state.last_block_hash, encode_block(built.block))
+
+
+def test_restore_from_the_wal_gives_no_double_vote() -> None:
+    cluster = Cluster()
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 2)
+    cluster.deliver_all()
+    # Replica 1 hears only the primary and nobody hears it: it prepares the next block
+    # and cannot deliver it.
+    cluster.filter = lambda sender, to, frame: sender != 1 and (to != 1 or sender == 0)
+    seq = cluster.drivers[1].state.height + 1
+    cluster.run_until(lambda: any(
+        isinstance(m, Vote) and m.phase == PHASE_PREPARE and m.seq == seq
+        for _, f in cluster.networks[1].sent if f[:1] == b"\x06"
+        for m in [decode_consensus_message(f, MESSAGE_TYPES)]
+    ))
+    prepared = [
+        m for _, f in cluster.networks[1].sent if f[:1] == b"\x06"
+        for m in [decode_consensus_message(f, MESSAGE_TYPES)]
+        if isinstance(m, Vote) and m.phase == PHASE_PREPARE and m.seq == seq
+    ][0]
+    cluster.down.add(1)  # crash
+    parent_state = cluster.drivers[1].state
+    assert parent_state.height == seq - 1
+    conflict = _conflicting_pre_prepare(cluster, parent_state, prepared.digest)
+    frame = encode_consensus_message(conflict)
+
+    def prepares_for(network_sent: list[tuple[int, bytes]], digest: bytes) -> int:
+        return sum(
+            1 for _, f in network_sent if f[:1] == b"\x06"
+            for m in [decode_consensus_message(f, MESSAGE_TYPES)]
+            if isinstance(m, Vote) and m.phase == PHASE_PREPARE and m.digest == digest
+        )
+
+    restored = cluster.restart(1)
+    restored.network = cluster.networks[1]
+    cluster.networks[1].sent.clear()
+    restored.on_consensus_frame(0, frame)
+    assert prepares_for(cluster.networks[1].sent, conflict.vote.digest) == 0
+    # Control: a replica that lost its WAL would vote for the conflicting block.
+    amnesiac_store = MemoryStore()
+    chain = ChainStore(amnesiac_store, cluster.genesis)
+    for height in range(1, seq):
+        raw = cluster.drivers[0].chain.get_block_bytes(height)
+        cert = cluster.drivers[0].chain.get_certificate(height)
+        assert raw is not None and cert is not None
+        block = decode_block(raw)
+
+        applied = apply_block(chain.load_state(), block, ChainContext.from_genesis(cluster.genesis))
+        chain.commit_block(raw, block, cert, applied.diff, applied.state)
+    cluster.stores[1] = amnesiac_store
+    amnesiac = cluster.restart(1)
+    cluster.networks[1].sent.clear()
+    amnesiac.on_consensus_frame(0, frame)
+    assert prepares_for(cluster.networks[1].sent, conflict.vote.digest) == 3  # to each peer
+
+
+def test_killed_replica_catches_up_by_fetching_blocks() -> None:
+    cluster = Cluster()
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 2)
+    cluster.down.add(3)
+    cluster.run_until(lambda: cluster.drivers[0].state.height >= 12)
+    restored = cluster.restart(3)
+    cluster.run_until(lambda: restored.state.height >= cluster.drivers[0].state.height >= 14)
+    for height in range(1, restored.state.height + 1):
+        assert restored.chain.get_block_bytes(height) == cluster.drivers[0].chain.get_block_bytes(
+            height
+        )
+
+
+def test_primary_crash_leads_to_a_view_change_and_more_commits() -> None:
+    cluster = Cluster()
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 2)
+    cluster.down.add(0)
+    start = max(cluster.get_heights())
+    cluster.run_until(lambda: min(cluster.get_heights()) >= start + 3)
+    assert all(d.replica.view >= 1 for d in cluster.live())
+    assert all(d.view_changes_total >= 1 for d in cluster.live())
+
+
+def test_garbage_frames_are_counted_and_dropped() -> None:
+    cluster = Cluster()
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 1)
+    driver = cluster.drivers[1]
+    height = driver.state.height
+    for frame in (b"", b"\xff\x01", b"\x06\x01\x01junk", b"\x10\x01", b"\x11\x01\xff\xff\xff\xff"):
+        driver.on_consensus_frame(2, frame)
+    driver.on_tx_batch_frame(2, b"\x07\x01\x05\x00\x00\x00")
+    driver.on_tx_batch_frame(2, b"\x06junk")
+    dropped = driver.get_dropped()
+    assert dropped["unknown_frame_kind"] == 3
+    assert dropped["decode_consensus"] == 1
+    assert dropped["decode_block_request"] == 1
+    assert dropped["decode_block_response"] == 1
+    assert dropped["decode_tx_batch"] == 1
+    # A peer's tx batch with a bad tx is admitted tx by tx: the junk is refused, not fatal.
+    driver.on_tx_batch_frame(2, encode_tx_batch([b"not a tx", transfer(1, 0)]))
+    assert len(driver.mempool) == 1
+    assert driver.state.height == height
+    cluster.run_until(lambda: min(cluster.get_heights()) >= height + 2)
+
+
+def test_a_committed_block_that_fails_to_apply_halts_commits_without_crashing() -> None:
+    cluster = Cluster()
+    driver = cluster.drivers[1]
+    state = driver.state
+    built = build_block(state, [], driver.context, 0, 0, 5_000)
+    bad = dataclasses.replace(
+        built.block, header=dataclasses.replace(built.block.header, state_root=b"\x01" * 32)
+    )
+    digest = get_block_hash(bad.header)
+    cert = CommitCertificate(tuple(Vote(PHASE_COMMIT, 0, 1, digest, i, b"\x00" * 64)
+                                   for i in range(3)))
+    driver.execute([Deliver(1, digest, encode_block(bad), cert)])
+    assert driver.halted is not None and "state_root" in driver.halted
+    assert driver.state.height == 0 and driver.chain.get_latest_height() == 0
+    assert driver.get_metrics().extra_gauges["bcfl_halted"] == 1.0
+    driver.tick()  # ignored from now on, never raises
+
+
+def test_submit_maps_mempool_reasons_to_service_codes() -> None:
+    cluster = Cluster()
+    driver = cluster.drivers[0]
+    rejected = driver.submit_tx(b"\x02\x01garbage")
+    assert (rejected.status, rejected.code) == ("rejected", REJECT_INVALID_TX)
+    assert driver.submit_tx(transfer(0, 5_000)).code == REJECT_BAD_NONCE
+    tx = transfer(0, 0)
+    assert driver.submit_tx(tx).status == "accepted"
+    assert driver.submit_tx(tx).status == "duplicate"
+    assert driver.get_tx(driver.submit_tx(tx).tx_hash).status == "pending"  # type: ignore[union-attr]
+    assert driver.get_account(ACCOUNT_KEYS[0].public_key).nonce == 1  # counts pending txs
+    cluster.run_until(lambda: driver.txs_committed_total == 1)
+    assert driver.submit_tx(tx).status == "duplicate"
+    info = driver.get_block(None)
+    assert info is not None and info.certificate is not None
+    assert driver.get_status().height == driver.state.height
+
+
+def test_genesis_balances_survive_a_restart() -> None:
+    # Regression: ChainStore wrote only block diffs, so after a restart every account no
+    # block had touched yet lost its genesis balance and load_state refused the store.
+    cluster = Cluster()
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 2)
+    store = cluster.stores[2]
+    reloaded = ChainStore(store, cluster.genesis).load_state()
+    assert reloaded.state_root == cluster.drivers[2].state.state_root
+    assert ACCOUNT_KEYS[3].public_key != b""
+    restored = cluster.restart(2)
+    assert restored.get_account(ACCOUNT_KEYS[3].public_key).balance == 10**9
