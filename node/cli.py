@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the main job: a local testnet training a model on medical data"),
     "init": ("init", "create a validator home directory (config.toml, key, data/)"),
     "testnet": ("testnet", "write genesis and a home per validator for a local testnet"),
+    "start": ("start", "run a validator node from its home directory"),
+    "localnet": ("localnet", "up|status|down: run N validators on loopback"),
     "status": ("status", "show a node's status through its API"),
     "keys": ("keys", "show: print a home's public key and peer id"),
     "tx": ("tx", "send: sign and submit a transaction"),
