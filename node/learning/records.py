@@ -278,6 +278,10 @@ class DeltaOutcome:
         return from_biased(self.agreement_biased)
 
     @property
+    def attested_improvement_ppm(self) -> int:
+        return from_biased(self.attested_improvement_biased)
+
+    @property
     def shapley_ppm(self) -> int:
         return from_biased(self.shapley_biased)
 
