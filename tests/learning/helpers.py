@@ -15,7 +15,7 @@ from fl.privacy import clip_and_noise
 from fl.quantize import QuantizedVector, quantize
 from fl.scoring import compute_validation_loss_ppm
 from fl.training import TrainConfig
-from node.genesis import Genesis, Member, ValidatorInfo, parse_genesis
+from node.genesis import Genesis, parse_genesis
 from node.keys import KeyPair
 from node.ledger import (
     AppliedBlock,
@@ -50,10 +50,15 @@ def make_fl_task(**overrides: object) -> dict[str, object]:
         "validator_share": 0.1,
         "thresholds": {"norm_max": 8.0, "roni_tolerance": 0.0, "agreement_min": 0.0},
         "privacy": {
-            "clip_norm": 4.0, "noise_multiplier_min": 0.5, "epsilon_budget": 10.0, "delta": 1e-5,
+            "clip_norm": 4.0,
+            "noise_multiplier_min": 0.5,
+            "epsilon_budget": 10.0,
+            "delta": 1e-5,
         },
         "validation_set": {
-            "dataset": "breast_cancer", "seed": VALIDATION_SEED, "size": VALIDATION_SIZE,
+            "dataset": "breast_cancer",
+            "seed": VALIDATION_SEED,
+            "size": VALIDATION_SIZE,
             "hash": digest.hex(),
         },
     }
@@ -67,8 +72,12 @@ def make_genesis(**task_overrides: object) -> Genesis:
         "genesis_time_ms": 1000,
         "validators": [
             {
-                "name": f"node{i}", "public_key": k.public_key.hex(), "p2p_host": "127.0.0.1",
-                "p2p_port": 26000 + i, "api_host": "127.0.0.1", "api_port": 27000 + i,
+                "name": f"node{i}",
+                "public_key": k.public_key.hex(),
+                "p2p_host": "127.0.0.1",
+                "p2p_port": 26000 + i,
+                "api_host": "127.0.0.1",
+                "api_port": 27000 + i,
             }
             for i, k in enumerate(CONSENSUS_KEYS)
         ],
@@ -162,7 +171,9 @@ def make_delta_tx(
     params = dict(DP if dp is None else dp)
     q = delta if isinstance(delta, QuantizedVector) else quantize(delta, SCALE_EXP)
     return learning.make_model_delta_tx(
-        key, CHAIN_ID, 0,
+        key,
+        CHAIN_ID,
+        0,
         current.round if round_number is None else round_number,
         current.base_model_hash if base_hash is None else base_hash,
         q,

@@ -56,12 +56,15 @@ def _run_round(chain: Chain, shards: list, round_seed: int, dropped: list[list[s
         scores = learning.compute_attestation_scores(chain.state, 0, *shards[4 + index])
         if index == 3:
             scores = tuple(
-                learning.make_attested_score(s.delta_tx_hash, -s.improvement_ppm, 0)
-                for s in scores
+                learning.make_attested_score(s.delta_tx_hash, -s.improvement_ppm, 0) for s in scores
             )
         attestations.append(
             learning.make_attestation_tx(
-                key, CHAIN_ID, 0, chain.current_round().round, scores,
+                key,
+                CHAIN_ID,
+                0,
+                chain.current_round().round,
+                scores,
                 nonce=chain.next_nonce(key),
             )
         )
