@@ -36,6 +36,12 @@ Blocks
     disagree on a post-state root. ``header.state_root`` commits to the state
     AFTER the block.
 
+Hooks
+    :func:`register_block_hook` adds an end-of-block step that both
+    :func:`apply_block` and :func:`build_block` run after the txs (round close in
+    ``node.learning``); :func:`register_genesis_hook` adds entries to the
+    height-0 state. Both are deterministic; a block is still all or nothing.
+
 Signatures are checked once per validator: a :class:`SignatureCache` of tx
 hashes already verified (at mempool admission, or in an earlier proposal) is
 consulted first. The hash covers the signature and the signed bytes; the chain
