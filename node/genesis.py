@@ -10,8 +10,11 @@ Validators are ordered: a validator's index in the list is its consensus index
 at least 4 (n = 3f + 1 with f >= 1); ``Genesis.f`` is ``(n - 1) // 3``.
 Members are the institutions taking part in learning, each a trainer, a
 validator or both; their keys are account keys, which may differ from the
-validator keys of their nodes. The ``fl`` section belongs to the learning part
-and is only checked to be an object here.
+validator keys of their nodes. The ``fl`` section defines the learning tasks
+(see docs/learning.md): :func:`parse_fl_section` checks every field and turns
+each task into a :class:`TaskConfig` of unsigned integers (real numbers in
+fixed point: ``*_micro`` = x 1e6, ``*_ppm`` = parts per million,
+``dp_delta_e12`` = x 1e12) so that the state holds no floats.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ NAME_SIZE_MAX_CHARS = 64
 GENESIS_FILE_SIZE_MAX_BYTES = 16 * 1024 * 1024
 U64_LIMIT = 1 << 64
 ROLES = ("trainer", "validator", "both")
+TASKS_MAX = 16
+FL_DATASETS = ("breast_cancer",)
+FL_MODEL_KINDS = ("logistic", "softmax", "linear", "mlp")
+# FLTrust needs a trusted server update, which a chain does not have.
+FL_RULES = (
+    "mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan",
+    "geometric_median", "centered_clipping",
+)
+RULE_PARAMS_SIZE_MAX_CHARS = 256
+FL_ROUND_LENGTH_MAX_BLOCKS = 1_000_000
+FL_DELTAS_PER_ROUND_MAX = 256
 
 _CHAIN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -65,6 +79,39 @@ class Member:
     name: str
     public_key: bytes
     role: str
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One learning task as genesis defines it (governance may later change some fields)."""
+
+    task_id: int
+    name: str
+    model_kind: str
+    n_features: int
+    n_classes: int
+    hidden: int
+    l2_micro: int
+    init_seed: int  # initial weights from numpy default_rng(init_seed); linear models: zeros
+    rule: str
+    rule_params_json: str  # canonical JSON object of the rule's parameters
+    round_length_blocks: int
+    scale_exp: int
+    norm_max_ppm: int  # L2 norm bound of a delta, in real units x 1e6
+    roni_tolerance_ppm: int  # accept when loss improvement >= -tolerance
+    agreement_min_ppm: int  # accept when cosine with the robust aggregate >= this
+    reward_pool: int  # tokens minted per round with at least one accepted delta
+    validator_share_ppm: int  # part of the pool for attesting validators and the proposer
+    clip_norm_micro: int  # the DP clip norm a delta must declare (at most)
+    noise_multiplier_min_micro: int  # the DP noise a delta must declare (at least)
+    epsilon_budget_micro: int  # per institution, for the life of the task
+    dp_delta_e12: int
+    validation_dataset: str
+    validation_seed: int
+    validation_size: int
+    validation_hash: bytes
+    deltas_per_round_max: int
+    sample_count_max: int
 
 
 @dataclass(frozen=True)
@@ -219,6 +266,7 @@ def parse_genesis(document: object) -> Genesis:
     fl = obj.get("fl", {})
     if not isinstance(fl, dict):
         raise GenesisError(f"fl: expected an object, got {type(fl).__name__}")
+    parse_fl_section(fl)
 
     return Genesis(
         chain_id=chain_id,
@@ -228,6 +276,140 @@ def parse_genesis(document: object) -> Genesis:
         balances=tuple(balances),
         fl=fl,
     )
+
+
+# --- the fl section --------------------------------------------------------------
+
+_TASK_KEYS = {
+    "name", "model", "rule", "round_length_blocks", "scale_exp", "reward_pool",
+    "privacy", "validation_set",
+}
+_TASK_OPTIONAL = {
+    "init_seed", "rule_params", "thresholds", "validator_share", "deltas_per_round_max",
+    "sample_count_max",
+}
+
+
+def _parse_real(value: object, path: str, low: float, high: float) -> float:
+    if type(value) not in (int, float):
+        raise GenesisError(f"{path}: expected a number, got {type(value).__name__}")
+    real = float(value)  # type: ignore[arg-type]
+    if not low <= real <= high:
+        raise GenesisError(f"{path}: {value} is out of range [{low}, {high}]")
+    return real
+
+
+def _to_fixed(value: float, unit: int) -> int:
+    return int(round(value * unit))
+
+
+def _parse_rule_params(value: object, path: str) -> str:
+    if not isinstance(value, dict):
+        raise GenesisError(f"{path}: expected an object, got {type(value).__name__}")
+    for key, item in value.items():
+        if type(item) not in (int, float) or not 0 <= float(item) < 2**53:
+            raise GenesisError(f"{path}.{key}: expected a number in [0, 2**53)")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if len(text) > RULE_PARAMS_SIZE_MAX_CHARS:
+        raise GenesisError(f"{path}: over {RULE_PARAMS_SIZE_MAX_CHARS} chars")
+    return text
+
+
+def _parse_task(value: object, path: str, task_id: int) -> TaskConfig:
+    obj = _expect_object(value, path, _TASK_KEYS, _TASK_OPTIONAL)
+    model = _expect_object(
+        obj["model"], f"{path}.model", {"kind", "n_features"}, {"n_classes", "hidden", "l2"}
+    )
+    kind = model["kind"]
+    if kind not in FL_MODEL_KINDS:
+        raise GenesisError(f"{path}.model.kind: expected one of {', '.join(FL_MODEL_KINDS)}")
+    rule = obj["rule"]
+    if rule not in FL_RULES:
+        raise GenesisError(f"{path}.rule: expected one of {', '.join(FL_RULES)}, got {rule!r}")
+    thresholds = _expect_object(
+        obj.get("thresholds", {}), f"{path}.thresholds", set(),
+        {"norm_max", "roni_tolerance", "agreement_min"},
+    )
+    privacy = _expect_object(
+        obj["privacy"], f"{path}.privacy",
+        {"clip_norm", "noise_multiplier_min", "epsilon_budget", "delta"}, set(),
+    )
+    validation = _expect_object(
+        obj["validation_set"], f"{path}.validation_set", {"dataset", "seed", "size", "hash"}, set()
+    )
+    if validation["dataset"] not in FL_DATASETS:
+        raise GenesisError(
+            f"{path}.validation_set.dataset: expected one of {', '.join(FL_DATASETS)}"
+        )
+    vs = f"{path}.validation_set"
+    pv = f"{path}.privacy"
+    th = f"{path}.thresholds"
+    return TaskConfig(
+        task_id=task_id,
+        name=_parse_str(obj["name"], f"{path}.name", _NAME_RE, "a name of [A-Za-z0-9._-]{1,64}"),
+        model_kind=kind,
+        n_features=_parse_int(model["n_features"], f"{path}.model.n_features", 1, 1 << 20),
+        n_classes=_parse_int(model.get("n_classes", 2), f"{path}.model.n_classes", 1, 1 << 12),
+        hidden=_parse_int(model.get("hidden", 0), f"{path}.model.hidden", 0, 1 << 20),
+        l2_micro=_to_fixed(_parse_real(model.get("l2", 0), f"{path}.model.l2", 0, 1e6), 10**6),
+        init_seed=_parse_int(obj.get("init_seed", 0), f"{path}.init_seed", 0, 1 << 63),
+        rule=rule,
+        rule_params_json=_parse_rule_params(obj.get("rule_params", {}), f"{path}.rule_params"),
+        round_length_blocks=_parse_int(
+            obj["round_length_blocks"], f"{path}.round_length_blocks", 1,
+            FL_ROUND_LENGTH_MAX_BLOCKS + 1,
+        ),
+        scale_exp=_parse_int(obj["scale_exp"], f"{path}.scale_exp", 0, 65),
+        norm_max_ppm=_to_fixed(
+            _parse_real(thresholds.get("norm_max", 1e6), f"{th}.norm_max", 1e-6, 1e12), 10**6
+        ),
+        roni_tolerance_ppm=_to_fixed(
+            _parse_real(thresholds.get("roni_tolerance", 0), f"{th}.roni_tolerance", 0, 1e6),
+            10**6,
+        ),
+        agreement_min_ppm=_to_fixed(
+            _parse_real(thresholds.get("agreement_min", 0), f"{th}.agreement_min", 0, 1), 10**6
+        ),
+        reward_pool=_parse_int(obj["reward_pool"], f"{path}.reward_pool", 0, 1 << 48),
+        validator_share_ppm=_to_fixed(
+            _parse_real(obj.get("validator_share", 0.1), f"{path}.validator_share", 0, 1), 10**6
+        ),
+        clip_norm_micro=_to_fixed(
+            _parse_real(privacy["clip_norm"], f"{pv}.clip_norm", 1e-6, 1e12), 10**6
+        ),
+        noise_multiplier_min_micro=_to_fixed(
+            _parse_real(privacy["noise_multiplier_min"], f"{pv}.noise_multiplier_min", 0, 1e6),
+            10**6,
+        ),
+        epsilon_budget_micro=_to_fixed(
+            _parse_real(privacy["epsilon_budget"], f"{pv}.epsilon_budget", 0, 1e9), 10**6
+        ),
+        dp_delta_e12=_to_fixed(_parse_real(privacy["delta"], f"{pv}.delta", 1e-12, 0.5), 10**12),
+        validation_dataset=validation["dataset"],
+        validation_seed=_parse_int(validation["seed"], f"{vs}.seed", 0, 1 << 63),
+        validation_size=_parse_int(validation["size"], f"{vs}.size", 1, 1 << 20),
+        validation_hash=_parse_key(validation["hash"], f"{vs}.hash"),
+        deltas_per_round_max=_parse_int(
+            obj.get("deltas_per_round_max", 64), f"{path}.deltas_per_round_max", 1,
+            FL_DELTAS_PER_ROUND_MAX + 1,
+        ),
+        sample_count_max=_parse_int(
+            obj.get("sample_count_max", 1_000_000), f"{path}.sample_count_max", 1, 1 << 32
+        ),
+    )
+
+
+def parse_fl_section(fl: dict[str, Any]) -> tuple[TaskConfig, ...]:
+    """The learning tasks of a genesis ``fl`` section (GenesisError names a bad field)."""
+    # Keys other than "tasks" belong to other parts (e.g. simulation settings).
+    raw_tasks = _parse_list(fl.get("tasks", []), "fl.tasks", TASKS_MAX)
+    tasks = [_parse_task(t, f"fl.tasks[{i}]", i) for i, t in enumerate(raw_tasks)]
+    _check_unique([t.name for t in tasks], [f"fl.tasks[{i}].name" for i in range(len(tasks))])
+    return tuple(tasks)
+
+
+def get_learning_tasks(genesis: Genesis) -> tuple[TaskConfig, ...]:
+    return parse_fl_section(genesis.fl)
 
 
 def get_genesis_document(genesis: Genesis) -> dict[str, Any]:

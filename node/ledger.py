@@ -36,6 +36,12 @@ Blocks
     disagree on a post-state root. ``header.state_root`` commits to the state
     AFTER the block.
 
+Hooks
+    :func:`register_block_hook` adds an end-of-block step that both
+    :func:`apply_block` and :func:`build_block` run after the txs (round close in
+    ``node.learning``); :func:`register_genesis_hook` adds entries to the
+    height-0 state. Both are deterministic; a block is still all or nothing.
+
 Signatures are checked once per validator: a :class:`SignatureCache` of tx
 hashes already verified (at mempool admission, or in an earlier proposal) is
 consulted first. The hash covers the signature and the signed bytes; the chain
@@ -246,6 +252,10 @@ def get_genesis_state(genesis: Genesis) -> State:
         for public_key, amount in genesis.balances
         if amount > 0
     }
+    for name, hook in GENESIS_HOOKS:
+        for key, value in hook(genesis).items():
+            assert key not in entries, f"genesis hook {name!r} rewrites {key!r}"
+            entries[key] = value
     return make_state(0, get_genesis_hash(genesis), genesis.genesis_time_ms, entries)
 
 
@@ -322,6 +332,19 @@ TxCost = Callable[[Transaction], int]
 TX_PROCESSORS: dict[type, TxProcessor] = {}
 TX_COSTS: dict[type, TxCost] = {}
 
+# End-of-block hooks: run after a block's txs, in registration order, by the
+# validator and the builder alike (so they agree on the post-state). A hook gets
+# the block's writer, its TxContext and the parent block's hash (the block's own
+# hash commits to the post-state, so it cannot seed what the hooks compute). A
+# hook must be deterministic and must not raise for any reachable state: there
+# is no tx to blame, so an exception is a bug and the block is not applied.
+BlockHook = Callable[[StateWriter, TxContext, bytes], None]
+BLOCK_HOOKS: list[tuple[str, BlockHook]] = []
+
+# Genesis hooks add entries to the height-0 state (e.g. the learning tasks).
+GenesisHook = Callable[[Genesis], Mapping[bytes, bytes]]
+GENESIS_HOOKS: list[tuple[str, GenesisHook]] = []
+
 
 def register_tx_processor(
     body_type: type, processor: TxProcessor, cost: TxCost | None = None
@@ -335,6 +358,25 @@ def register_tx_processor(
     TX_PROCESSORS[body_type] = processor
     if cost is not None:
         TX_COSTS[body_type] = cost
+
+
+def register_block_hook(name: str, hook: BlockHook) -> None:
+    """Run ``hook`` at the end of every block (after its txs), in registration order."""
+    if any(existing == name for existing, _ in BLOCK_HOOKS):
+        raise ValueError(f"a block hook named {name!r} is already registered")
+    BLOCK_HOOKS.append((name, hook))
+
+
+def register_genesis_hook(name: str, hook: GenesisHook) -> None:
+    """Add ``hook(genesis)``'s entries to the genesis state (keys must not collide)."""
+    if any(existing == name for existing, _ in GENESIS_HOOKS):
+        raise ValueError(f"a genesis hook named {name!r} is already registered")
+    GENESIS_HOOKS.append((name, hook))
+
+
+def process_block_hooks(writer: StateWriter, context: TxContext, parent_hash: bytes) -> None:
+    for _, hook in BLOCK_HOOKS:
+        hook(writer, context, parent_hash)
 
 
 def get_tx_cost(tx: Transaction) -> int:
@@ -566,6 +608,7 @@ def apply_block(
     _, hashes, _ = _process_block_txs(
         writer, block.txs, context, _get_tx_context(header), cache, strict=True
     )
+    process_block_hooks(writer, _get_tx_context(header), header.parent_hash)
     diff = writer.get_diff()
     block_hash = get_block_hash(header)
     new_state = apply_diff(state, diff, header, block_hash)
@@ -598,6 +641,7 @@ def build_block(
     kept, hashes, dropped = _process_block_txs(
         writer, txs, context, tx_context, cache, strict=False
     )
+    process_block_hooks(writer, tx_context, state.last_block_hash)
     diff = writer.get_diff()
     partial = BlockHeader(
         chain_id=context.chain_id,
@@ -660,7 +704,11 @@ class BlockBuilder:
 __all__ = [
     "Account",
     "AppliedBlock",
+    "BLOCK_HOOKS",
     "BlockBuilder",
+    "BlockHook",
+    "GENESIS_HOOKS",
+    "GenesisHook",
     "BlockInvalid",
     "BuiltBlock",
     "ChainContext",
@@ -682,7 +730,10 @@ __all__ = [
     "get_tx_cost",
     "make_state",
     "process_transfer",
+    "process_block_hooks",
     "process_tx",
+    "register_block_hook",
+    "register_genesis_hook",
     "register_tx_processor",
     "verify_block_header",
     "verify_tx_signature",

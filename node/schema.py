@@ -11,6 +11,18 @@ numbers are 8-byte big-endian so that byte order is numeric order.
 | ``h/`` block hash(32)                 | height(8)                                   |
 | ``t/`` tx hash(32)                    | height(8) index(4)  (:func:`encode_tx_location`) |
 | ``s/`` state area(1) ``/`` id         | chain state entry (e.g. ``s/a/`` + account public key) |
+| ``s/i/registry``                      | learning: member institutions (node/learning) |
+| ``s/k/meta``, ``s/k/`` task(4)        | learning: task count + validator keys; task config |
+| ``s/o/`` task(4)                      | learning: the task's open round             |
+| ``s/u/`` task(4) round(8)             | learning: closed round summary (outcomes, rewards) |
+| ``s/d/`` task(4) tx hash(32)          | learning: a pending delta (deleted at round close) |
+| ``s/n/`` task(4) validator key(32)    | learning: an attestation (deleted at round close) |
+| ``s/g/`` task(4) digest(32)           | learning: digest of every delta ever sent (copies) |
+| ``s/v/`` task(4) version(8) / latest  | learning: model version (hash, lineage)     |
+| ``s/p/`` task(4) version(8)           | learning: model params (float64; last few kept) |
+| ``s/r/`` public key(32)               | learning: reputation (ppm, u64 BE)          |
+| ``s/e/`` task(4) public key(32)       | learning: privacy spent (micro-epsilon + history) |
+| ``s/q/meta``, ``s/q/`` id(8)          | learning: governance counter; proposals     |
 | ``m/latest_height``                   | height(8)                                   |
 | ``m/latest_state_root``               | 32-byte state root                          |
 | ``m/genesis_hash``                    | 32-byte genesis hash (refuse a different genesis) |
@@ -29,6 +41,26 @@ TX_PREFIX = b"t/"
 STATE_PREFIX = b"s/"
 ACCOUNT_PREFIX = STATE_PREFIX + b"a/"
 META_PREFIX = b"m/"
+
+# Learning state areas (node/learning): one byte each, under STATE_PREFIX.
+AREA_FL_INSTITUTIONS = b"i"
+AREA_FL_TASKS = b"k"
+AREA_FL_ROUNDS = b"o"
+AREA_FL_SUMMARIES = b"u"
+AREA_FL_DELTAS = b"d"
+AREA_FL_ATTESTATIONS = b"n"
+AREA_FL_DIGESTS = b"g"
+AREA_FL_MODELS = b"v"
+AREA_FL_PARAMS = b"p"
+AREA_FL_REPUTATION = b"r"
+AREA_FL_PRIVACY = b"e"
+AREA_FL_GOVERNANCE = b"q"
+LEARNING_AREAS = (
+    AREA_FL_INSTITUTIONS, AREA_FL_TASKS, AREA_FL_ROUNDS, AREA_FL_SUMMARIES, AREA_FL_DELTAS,
+    AREA_FL_ATTESTATIONS, AREA_FL_DIGESTS, AREA_FL_MODELS, AREA_FL_PARAMS, AREA_FL_REPUTATION,
+    AREA_FL_PRIVACY, AREA_FL_GOVERNANCE,
+)
+assert len(set(LEARNING_AREAS)) == len(LEARNING_AREAS) and b"a" not in LEARNING_AREAS
 WAL_PREFIX = b"w/"
 
 LATEST_HEIGHT_KEY = META_PREFIX + b"latest_height"
