@@ -15,6 +15,7 @@ MODES: dict[str, str] = {
     "core": "the PBFT core alone in the simulator (no network)",
     "transport": "the libp2p path alone",
     "aggregation": "robust aggregation kernels vs NumPy and Flower",
+    "ledger": "state transition and mempool throughput, in process",
     "round": "one learning round end to end",
 }
 
