@@ -56,7 +56,8 @@ def main(argv: list[str]) -> int:
     txs: list[bytes] = []
     for i in range(txs_count):
         key = senders[i % len(senders)]
-        unsigned = Transaction(key.public_key, i // len(senders), Transfer(others[i % len(others)], 1))
+        transfer = Transfer(others[i % len(others)], 1)
+        unsigned = Transaction(key.public_key, i // len(senders), transfer)
         txs.append(encode_tx(sign_tx(key, CHAIN_ID, unsigned)))
 
     pool = Mempool(CHAIN_ID, config=MempoolConfig(nonce_gap_max=txs_count))
