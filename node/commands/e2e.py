@@ -61,11 +61,20 @@ def get_suite() -> list[Manifest]:
 
 
 def get_broken_build_manifest() -> Manifest:
-    """The primary skips persisting its votes and is killed and restarted repeatedly, so it
-    re-proposes seqs it already proposed: its honest peers must catch the double vote."""
-    kills = tuple(Perturbation(1.0 + 2.5 * k, "kill", (0,), 0.3) for k in range(4))
-    return Manifest("broken-skip-persist", duration_s=12, skip_persist=(0,),
-                    load_tx_per_s=40, perturbations=kills)
+    """The primary (node 0) skips persisting its votes. It is made deaf (its peers' frames
+    are lost; its own go out), so its peers commit its proposals while it delivers none;
+    it is killed and restarted while still deaf, and re-proposes a seq it already proposed
+    in the same view: a double PRE-PREPARE its honest peers must report as evidence. Slow
+    view changes and rare checkpoints keep view 0 and the old slots alive meanwhile."""
+    rounds = tuple(
+        p for k in range(2) for p in (
+            Perturbation(1.0 + 6.0 * k, "deafen", (0,), 4.5),
+            Perturbation(1.6 + 6.0 * k, "kill", (0,), 0.1),
+        ))
+    return Manifest("broken-skip-persist", duration_s=14, skip_persist=(0,),
+                    load_tx_per_s=40, perturbations=rounds, recovery_max_s=40,
+                    consensus={"view_change_timeout_ticks": 200, "window": 128,
+                               "checkpoint_interval": 64})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,7 @@ class Hosts:
         self.fault_files = [workdir / f"fault{i}.json" for i in range(n)]
         self.cuts: set[tuple[int, int]] = set()
         self.lossy: dict[int, tuple[float, float]] = {}
+        self.deaf: set[int] = set()
         self._write_faults()
 
     def _write_faults(self) -> None:
@@ -67,7 +68,7 @@ class Hosts:
                 if j == i:
                     continue
                 delay, loss = self.lossy.get(i, self.lossy.get(j, (0.0, 0.0)))
-                if (i, j) in self.cuts and self.mode == "loopback":
+                if ((i, j) in self.cuts and self.mode == "loopback") or j in self.deaf:
                     loss = 1.0
                 if delay or loss:
                     links[(i, j)] = (delay, loss)
@@ -105,6 +106,14 @@ class Hosts:
 
     def clear_lossy(self, i: int) -> None:
         self.lossy.pop(i, None)
+        self._write_faults()
+
+    def set_deaf(self, i: int, deaf: bool) -> None:
+        """One-way loss (fault layer in both modes: TCP cannot be cut one way)."""
+        if deaf:
+            self.deaf.add(i)
+        else:
+            self.deaf.discard(i)
         self._write_faults()
 
     def set_slow(self, i: int, rate_kbit: int, delay_s: float) -> None:

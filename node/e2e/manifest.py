@@ -33,7 +33,10 @@ KIND_ISOLATE = "isolate"    # cut nodes[0] off from every other validator
 KIND_SPLIT = "split"        # nodes on one side, the rest on the other
 KIND_SLOW = "slow"          # rate-limit nodes' links (tc tbf) or delay them (fault layer)
 KIND_LOSSY = "lossy"        # lose a fraction of frames on nodes' links (fault layer)
-KINDS = (KIND_KILL, KIND_PAUSE, KIND_WIPE, KIND_ISOLATE, KIND_SPLIT, KIND_SLOW, KIND_LOSSY)
+KIND_DEAFEN = "deafen"      # one-way: peers' frames to nodes are lost, theirs still go out
+KINDS = (KIND_KILL, KIND_PAUSE, KIND_WIPE, KIND_ISOLATE, KIND_SPLIT, KIND_SLOW, KIND_LOSSY,
+         KIND_DEAFEN)
+CONSENSUS_KEYS = ("view_change_timeout_ticks", "window", "checkpoint_interval")
 PERTURBATIONS_MAX = 64
 VALIDATORS_MAX = 16
 DURATION_MAX_S = 3600.0
@@ -67,6 +70,7 @@ class Manifest:
     byzantine: dict[int, str] = field(default_factory=dict)
     skip_persist: tuple[int, ...] = ()
     perturbations: tuple[Perturbation, ...] = ()
+    consensus: dict[str, int] = field(default_factory=dict)  # overrides of the e2e timers
 
     def get_honest(self) -> list[int]:
         return [i for i in range(self.validators) if i not in self.byzantine]
@@ -124,8 +128,12 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
     skip = data.get("skip_persist", [])
     if not isinstance(skip, list) or not all(isinstance(i, int) and 0 <= i < n for i in skip):
         raise ManifestError(f"skip_persist: expected a list of indices < {n}")
+    consensus = dict(data.get("consensus", {}))
+    for key, value in consensus.items():
+        if key not in CONSENSUS_KEYS or not isinstance(value, int) or value < 1:
+            raise ManifestError(f"consensus.{key}: expected one of {CONSENSUS_KEYS} = int >= 1")
     return Manifest(
-        name=name, validators=n, duration_s=duration_s,
+        name=name, validators=n, duration_s=duration_s, consensus=consensus,
         load_tx_per_s=_number(data, "load_tx_per_s", 20, 0, 10_000),
         recovery_max_s=_number(data, "recovery_max_s", 30, 1, DURATION_MAX_S),
         byzantine=byzantine, skip_persist=tuple(skip),

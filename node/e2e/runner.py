@@ -42,6 +42,7 @@ from node.commands._common import get_config_path
 from node.config import BlockConfig, ConsensusConfig, load_config, save_config
 from node.e2e.hosts import Hosts
 from node.e2e.manifest import (
+    KIND_DEAFEN,
     KIND_ISOLATE,
     KIND_KILL,
     KIND_LOSSY,
@@ -130,7 +131,8 @@ class Cluster:
             config = load_config(path)
             host = self.hosts.get_host(i)
             config = dataclasses.replace(
-                config, consensus=CONSENSUS, block=BLOCK,
+                config, consensus=dataclasses.replace(CONSENSUS, **self.manifest.consensus),
+                block=BLOCK,
                 p2p=dataclasses.replace(config.p2p, listen_host=host),
                 api=dataclasses.replace(config.api, listen_host=host))
             save_config(path, config)
@@ -318,6 +320,9 @@ class Timeline:
         elif p.kind == KIND_LOSSY:
             for i in nodes:
                 self.hosts.set_lossy(i, p.delay_s, p.loss)
+        elif p.kind == KIND_DEAFEN:
+            for i in nodes:
+                self.hosts.set_deaf(i, True)
 
     def _undo(self, p: Perturbation) -> None:
         c, nodes = self.cluster, list(p.nodes)
@@ -337,6 +342,9 @@ class Timeline:
         elif p.kind == KIND_LOSSY:
             for i in nodes:
                 self.hosts.clear_lossy(i)
+        elif p.kind == KIND_DEAFEN:
+            for i in nodes:
+                self.hosts.set_deaf(i, False)
 
 
 def run_scenario(manifest: Manifest, hosts: Hosts, workdir: Path, base_port: int,
@@ -351,7 +359,14 @@ def run_scenario(manifest: Manifest, hosts: Hosts, workdir: Path, base_port: int
     try:
         for i in range(cluster.n):
             cluster.start(i)
-        if not wait_until(lambda: all(cluster.height(i) >= 1 for i in honest), START_TIMEOUT_S):
+        def is_up() -> bool:
+            if not all(cluster.is_alive(i) for i in range(cluster.n)):
+                return True  # a node exited at startup: stop waiting
+            return all(cluster.height(i) >= 1 for i in honest)
+
+        if not wait_until(is_up, START_TIMEOUT_S) or not all(
+            cluster.is_alive(i) for i in range(cluster.n)
+        ):
             result.violations.append(f"the chain did not commit block 1 in {START_TIMEOUT_S} s")
             return _finish(result, cluster, started)
         t0 = time.monotonic()
