@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("sim", "run the deterministic PBFT simulator for one or many seeds"),
     "robustness": ("robustness", "evaluate aggregation rules against attacks"),
     "bench": ("bench", "benchmarks: consensus, core, transport, aggregation, round"),
+    "e2e": ("e2e", "fault-injection scenarios on real processes"),
 
 }
 

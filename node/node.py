@@ -180,6 +180,12 @@ class NodeSetupError(Exception):
     """The node cannot start with this key, genesis and data (a clear one-line reason)."""
 
 
+class ActionRewriter(Protocol):
+    """Test-only hook (``node/byzantine.py``): rewrites outgoing actions of a Byzantine node."""
+
+    def rewrite(self, actions: list[Action], network: Any) -> list[Action]: ...
+
+
 class Network(Protocol):
     """What the driver needs from the transport (a fake in unit tests)."""
 
@@ -353,6 +359,9 @@ class Driver:
         self.halted: str | None = None
         self._pending_persist: list[bytes] = []
         self._pending_stable: int | None = None
+        # Test-only switches (bcfl e2e); both off in every normal run.
+        self.byzantine: ActionRewriter | None = None
+        self.skip_persist = False
 
     # --- restore ---------------------------------------------------------------------
 
@@ -386,7 +395,11 @@ class Driver:
         self._after_handle()
 
     def execute(self, actions: list[Action]) -> None:
+        if self.byzantine is not None:
+            actions = self.byzantine.rewrite(actions, self.network)
         for action in actions:
+            if isinstance(action, Persist) and self.skip_persist:
+                continue  # the deliberately broken build of the e2e suite
             if isinstance(action, Persist):
                 self._pending_persist.append(encode_consensus_message(action.record))
                 if isinstance(action.record, StableCheckpoint):

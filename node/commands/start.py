@@ -12,12 +12,18 @@ exit code 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
+import os
 import socket
 import sys
+import time
 from pathlib import Path
 
+import trio
+
+from node import byzantine
 from node.api import create_app
 from node.app import BridgeService
 from node.chain import ChainStoreError
@@ -29,9 +35,17 @@ from node.node import Driver, Node, NodeSetupError
 from node.runtime import Bridge, run_node
 from node.service import EventHub
 from node.store import LevelDBStore, StoreError
-from node.transport import Transport, TransportError, ValidatorAddress
+from node.transport import (
+    FaultConfig,
+    Transport,
+    TransportConfig,
+    TransportError,
+    ValidatorAddress,
+)
 
 logger = logging.getLogger("bcfl.start")
+
+FAULT_FILE_POLL_S = 0.2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", type=Path, required=True, help="the node's home directory")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # Test-only (bcfl e2e): hidden, and refused unless BCFL_TEST_BYZANTINE=1.
+    parser.add_argument("--byzantine", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -75,6 +91,13 @@ def _start(args: argparse.Namespace) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request
     home: Path = args.home
+    if args.byzantine is not None:
+        if not byzantine.is_enabled(byzantine.ENV_BYZANTINE):
+            raise CommandError(f"--byzantine is a test-only switch; it needs "
+                               f"{byzantine.ENV_BYZANTINE}=1")
+        if args.byzantine not in byzantine.MODES:
+            raise CommandError(f"--byzantine {args.byzantine!r}: one of "
+                               f"{', '.join(byzantine.MODES)}")
     config = load_home_config(home)
     try:
         genesis = load_genesis(config.get_genesis_path(home))
@@ -87,27 +110,46 @@ def _start(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise CommandError(str(exc)) from None
     try:
-        return _run(config, genesis, key, store)
+        return _run(config, genesis, key, store, args.byzantine)
     finally:
         store.close()
 
 
-def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore) -> int:
+def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore,
+         byzantine_mode: str | None = None) -> int:
     hub = EventHub()
+    fault_file = os.environ.get(byzantine.ENV_FAULT_FILE)
+    transport_config = TransportConfig(
+        fault=FaultConfig(seed=0) if fault_file else None  # test-only, see node/byzantine.py
+    )
     try:
         driver = Driver(config, genesis, key, store, network=_Unwired(), publish=hub.publish)
         validators = [
             ValidatorAddress(i, v.public_key, v.p2p_host, v.p2p_port)
             for i, v in enumerate(genesis.validators)
         ]
-        transport = Transport(key, config.p2p.listen_host, config.p2p.listen_port, validators)
+        transport = Transport(key, config.p2p.listen_host, config.p2p.listen_port, validators,
+                              transport_config)
     except (NodeSetupError, ChainStoreError, TransportError) as exc:
         raise CommandError(str(exc)) from None
     driver.network = transport
+    if byzantine_mode is not None:
+        logger.warning("TEST-ONLY Byzantine mode %r is on", byzantine_mode)
+        driver.byzantine = byzantine.Byzantine(
+            byzantine_mode, driver.index, len(genesis.validators), driver.auth,
+            genesis.chain_id, time.monotonic)
+    if byzantine.is_enabled(byzantine.ENV_SKIP_PERSIST):
+        logger.warning("TEST-ONLY broken build: votes are not persisted before sending")
+        driver.skip_persist = True
     node = Node(driver, transport, config.consensus.tick_ms)
 
     async def trio_main(bridge: Bridge) -> None:
-        await node.run(bridge)
+        if not fault_file:
+            await node.run(bridge)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_fault_file, transport, Path(fault_file))
+            await node.run(bridge)
 
     def on_started(bridge: Bridge, port: int) -> None:
         logger.info(
@@ -127,6 +169,17 @@ def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore) ->
     )
     logger.info("stopped %s at height %d", config.moniker, driver.state.height)
     return EXIT_OK
+
+
+async def _watch_fault_file(transport: Transport, path: Path) -> None:
+    """Test-only: apply the per-link delay/loss of ``path`` whenever it changes."""
+    last: FaultConfig | None = None
+    while True:
+        fault = byzantine.read_fault_file(path)
+        if fault is not None and fault != last:
+            transport.config = dataclasses.replace(transport.config, fault=fault)
+            last = fault
+        await trio.sleep(FAULT_FILE_POLL_S)
 
 
 class _Unwired:

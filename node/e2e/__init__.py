@@ -1,0 +1,1 @@
+"""Fault injection on real validator processes (``bcfl e2e``): manifests, hosts, runner."""

@@ -1,0 +1,114 @@
+"""``bcfl e2e`` on real processes: the CI suite passes, a deliberately broken build fails.
+
+Runs in network namespaces when root with ``ip`` (CI), otherwise on loopback. Nothing here
+asserts on speed; every wait inside the runner is bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.byzantine import ENV_BYZANTINE, read_fault_file, write_fault_file
+from node.commands.e2e import get_broken_build_manifest, get_suite, make_hosts
+from node.e2e.hosts import NamespaceHosts
+from node.e2e.manifest import Manifest, ManifestError, generate_manifest, parse_manifest
+from node.e2e.runner import Result, run_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(manifest: Manifest, tmp_path: Path) -> Result:
+    hosts = make_hosts("auto", manifest.validators, tmp_path)
+    try:
+        result = run_scenario(manifest, hosts, tmp_path, random.randrange(20_000, 50_000, 2))
+    finally:
+        hosts.close()
+    if isinstance(hosts, NamespaceHosts):
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(ns in listed for ns in hosts.namespaces), "a namespace was left behind"
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manifest", get_suite(), ids=lambda m: m.name)
+def test_suite_scenario_passes(manifest: Manifest, tmp_path: Path) -> None:
+    result = run(manifest, tmp_path)
+    assert result.violations == []
+    assert result.recovery_s is not None
+    assert result.txs_committed > 0
+    for signer, mode in manifest.byzantine.items():
+        if mode in ("equivocate", "double_vote"):
+            assert result.evidence_against.get(signer, 0) > 0
+
+
+@pytest.mark.slow
+def test_broken_build_is_caught(tmp_path: Path) -> None:
+    """A node that does not persist its votes double-proposes after a crash: reported."""
+    result = run(get_broken_build_manifest(), tmp_path)
+    assert not result.passed
+    assert any("evidence against honest validator 0" in v for v in result.violations), (
+        result.violations)
+
+
+@pytest.mark.slow
+def test_same_scenario_passes_with_a_correct_node(tmp_path: Path) -> None:
+    """The control: the broken-build timeline on a node that persists its votes."""
+    manifest = dataclasses.replace(get_broken_build_manifest(), skip_persist=())
+    result = run(manifest, tmp_path)
+    assert result.violations == []
+
+
+def test_manifest_parsing_rejects_bad_fields() -> None:
+    good = {"name": "x", "perturbation": [{"at_s": 1, "kind": "kill", "nodes": [0]}]}
+    assert parse_manifest(good).perturbations[0].nodes == (0,)
+    for bad, field in (
+        ({"validators": 3}, "validators"),
+        ({"byzantine": {"0": "nope"}}, "byzantine"),
+        ({"byzantine": {"0": "flood", "1": "replay"}}, "byzantine"),
+        ({"perturbation": [{"kind": "explode", "nodes": [0]}]}, "kind"),
+        ({"perturbation": [{"kind": "kill", "nodes": [9]}]}, "nodes"),
+        ({"consensus": {"tick_ms": 1}}, "consensus"),
+    ):
+        with pytest.raises(ManifestError, match=field):
+            parse_manifest(bad)
+
+
+def test_random_manifests_are_seeded_and_keep_f_faults() -> None:
+    for seed in range(50):
+        manifest = generate_manifest(seed)
+        assert manifest == generate_manifest(seed)
+        assert len(manifest.byzantine) <= 1
+        ends = [(p.at_s, p.at_s + p.duration_s) for p in manifest.perturbations]
+        pairs = zip(ends, ends[1:], strict=False)
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in pairs)
+
+
+def test_fault_file_round_trip_and_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "fault.json"
+    write_fault_file(path, {(0, 1): (0.05, 1.0)})
+    fault = read_fault_file(path)
+    assert fault is not None and fault.get_link(0, 1).loss_probability == 1.0
+    assert fault.get_link(1, 0).loss_probability == 0.0
+    path.write_text("{not json")
+    assert read_fault_file(path) is None
+
+
+def test_byzantine_flag_is_refused_without_the_test_env(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != ENV_BYZANTINE}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-m", "node", "start", "--home", str(tmp_path),
+                          "--byzantine", "equivocate"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1
+    assert ENV_BYZANTINE in out.stderr
+    helped = subprocess.run([sys.executable, "-m", "node", "start", "--help"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "byzantine" not in helped.stdout
+
