@@ -300,8 +300,24 @@ def get_free_base_port(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
+def start_profiled_node(home: Path, profile_path: Path) -> None:
+    """Start a node under pyinstrument (it writes its profile when the node exits cleanly)."""
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    with (home / "node.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyinstrument", "-o", str(profile_path), "-m", "node",
+             "start", "--home", str(home)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env)
+    (home / "node.pid").write_text(f"{process.pid}\n")
+
+
 @contextlib.contextmanager
-def open_localnet(n: int, accounts: int, directory: Path) -> Iterator[list[Path]]:
+def open_localnet(n: int, accounts: int, directory: Path,
+                  profile_path: Path | None = None) -> Iterator[list[Path]]:
     from node.commands import localnet, testnet
 
     base = get_free_base_port(2 * n)
@@ -310,6 +326,8 @@ def open_localnet(n: int, accounts: int, directory: Path) -> Iterator[list[Path]
                              "--base-port", str(base), "--accounts", str(accounts)])
         if code != 0:
             raise RuntimeError(f"bcfl testnet failed ({code})")
+        if profile_path is not None:  # localnet up leaves a running node alone
+            start_profiled_node(directory / "node0", profile_path)
         code = localnet.main(["up", "--dir", str(directory), "--timeout", "120"])
         if code != 0:
             raise RuntimeError(f"bcfl localnet up failed ({code})")
@@ -370,8 +388,10 @@ async def follow_blocks(client: AsyncClient, from_height: int, blocks: list[Obse
         try:
             block = await client._request("GET", f"/v1/blocks/{height}?encoded=false")
         except ClientError as exc:
+            # 404: not committed yet; anything else (a slow node answering 503, a
+            # dropped connection) is retried too: the drain deadline bounds the wait.
             if exc.status != 404:
-                raise
+                print(f"  block {height}: {exc}; retrying", file=sys.stderr)
             await asyncio.sleep(POLL_INTERVAL_S)
             continue
         blocks.append(ObservedBlock(height, time.time(), block["tx_hashes"]))
@@ -510,6 +530,10 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
                 for a, b in zip(after.metrics, before.metrics, strict=True)]
 
     bytes_sent = sum(delta("bcfl_transport_bytes_sent_total"))
+    drop_names = {name for m in after.metrics for name in m
+                  if name.startswith("bcfl_messages_dropped_total")}
+    drops = {name.split("reason=", 1)[-1].strip('"}'): int(sum(delta(name)))
+             for name in sorted(drop_names)}
     cpu = [round((a - b) / elapsed, 3) for a, b in zip(after.cpu_s, before.cpu_s, strict=True)]
     latency = get_summary(latencies)
     return {
@@ -528,6 +552,7 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
                       for k, v in latency.items()},
         "latency_definition": "submit (batch sent) -> block seen committed by polling node 0",
         "view_changes": int(max(delta("bcfl_view_changes_total"), default=0)),
+        "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
         "cpu_cores_per_validator": cpu,
         "bytes_sent_per_committed_tx": round(bytes_sent / committed_in_window, 1)
         if committed_in_window else None,
@@ -639,6 +664,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds for the Ed25519 ceiling (0 skips it)")
     parser.add_argument("--output", type=Path, help="directory for consensus.json and plots")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--profile-node0", type=Path, metavar="FILE",
+                        help="run validator 0 under pyinstrument; text profile to FILE.n<N>.txt")
     parser.add_argument("--keep", action="store_true", help="keep the localnet directories")
     args = parser.parse_args(argv)
     try:
@@ -685,7 +712,9 @@ def main(argv: list[str]) -> int:
     try:
         for n in args.sizes:
             directory = root / f"n{n}"
-            with open_localnet(n, args.accounts, directory) as homes:
+            profile = (None if args.profile_node0 is None
+                       else args.profile_node0.with_suffix(f".n{n}.txt"))
+            with open_localnet(n, args.accounts, directory, profile) as homes:
                 key_paths = sorted((directory / "accounts").glob("client-*.json"))
                 steps = [StepConfig(rate, args.warmup, args.duration, args.drain_timeout,
                                     args.loaders, args.batch, args.closed_loop_txs)
