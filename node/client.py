@@ -103,6 +103,13 @@ class Client:
         )
         return result
 
+    def submit_txs(self, txs: list[bytes]) -> list[dict[str, Any]]:
+        """Submit up to 1000 txs in one request; one result dict per tx, in order."""
+        body = json.dumps({"txs": [tx.hex() for tx in txs]}).encode()
+        result: dict[str, Any] = self._request("POST", "/v1/txs/batch", body)
+        results: list[dict[str, Any]] = result["results"]
+        return results
+
     def get_tx(self, tx_hash: bytes | str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/v1/txs/{_as_hex(tx_hash)}")
         return result
@@ -199,8 +206,9 @@ class AsyncClient:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
-    async def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
-        headers = {"Content-Type": "application/octet-stream"} if body is not None else None
+    async def _request(self, method: str, path: str, body: bytes | None = None,
+                       content_type: str = "application/octet-stream") -> Any:
+        headers = {"Content-Type": content_type} if body is not None else None
         try:
             async with self._get_session().request(
                 method, self.url + path, data=body, headers=headers
@@ -221,6 +229,15 @@ class AsyncClient:
     async def submit_tx(self, tx_bytes: bytes) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("POST", "/v1/txs", tx_bytes)
         return result
+
+    async def submit_txs(self, txs: list[bytes]) -> list[dict[str, Any]]:
+        """Submit up to 1000 txs in one request (``POST /v1/txs/batch``); a result per tx:
+        ``{"hash", "status": "accepted" | "duplicate" | "rejected"[, "code", "message"]}``."""
+        body = json.dumps({"txs": [tx.hex() for tx in txs]}).encode()
+        result: dict[str, Any] = await self._request("POST", "/v1/txs/batch", body,
+                                                     content_type="application/json")
+        results: list[dict[str, Any]] = result["results"]
+        return results
 
     async def get_tx(self, tx_hash: bytes | str) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("GET", f"/v1/txs/{_as_hex(tx_hash)}")

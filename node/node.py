@@ -706,6 +706,7 @@ class Driver:
 
     def get_metrics(self) -> Metrics:
         usage = self.replica.get_memory_usage()
+        peers = list(self.network.get_metrics().get("peers", {}).values())
         return Metrics(
             height=self.state.height,
             view=self.replica.view,
@@ -724,6 +725,9 @@ class Driver:
                 "bcfl_stash_messages": float(usage["stash"]),
                 "bcfl_checked_blocks_cached": float(len(self.checker)),
                 "bcfl_stateless_block_checks_total": float(self.checker.stateless_checks),
+                # Wire cost per committed tx (benchmarks): payload bytes handed to streams.
+                "bcfl_transport_bytes_sent_total": float(sum(p["bytes_sent"] for p in peers)),
+                "bcfl_transport_frames_sent_total": float(sum(p["frames_sent"] for p in peers)),
             },
         )
 

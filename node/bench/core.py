@@ -12,6 +12,7 @@ import json
 import time
 
 from consensus.sim import Scenario, Simulation
+from node.bench.common import get_machine_info
 
 
 def measure(n: int, ticks: int) -> dict[str, float | int]:
@@ -50,7 +51,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    report = {"benchmark": "core", "results": [measure(n, args.ticks) for n in sizes]}
+    report = {"benchmark": "core", "machine": get_machine_info(),
+              "parameters": {"sizes": sizes, "ticks": args.ticks},
+              "results": [measure(n, args.ticks) for n in sizes]}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:

@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from node.bench.common import get_machine_info
 from node.keys import KeyPair
 from node.transport import (
     TrafficClass,
@@ -122,7 +123,7 @@ async def measure_one_way(
         "frames_per_s": frames / elapsed,
         "mb_per_s": nbytes / elapsed / 1e6,
         "frames": frames,
-        "elapsed_s": elapsed,
+        "elapsed_s": elapsed,  # the duration; ``frames`` is the sample count
     }
 
 
@@ -152,6 +153,7 @@ async def measure_round_trips(
         "round_trips_per_s": count / elapsed,
         "mean_rtt_ms": 1000.0 * elapsed / max(count, 1),
         "round_trips": count,
+        "elapsed_s": elapsed,
     }
 
 
@@ -214,6 +216,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         metrics = transports[0].get_metrics()
     return {
         "benchmark": "transport",
+        "machine": get_machine_info(),
         "stack": "libp2p tcp + noise + yamux, one process, 127.0.0.1",
         "nodes": args.nodes,
         "duration_s": args.duration,

@@ -1,0 +1,755 @@
+"""``bcfl bench consensus``: committed tx/s and latency of a real localnet under load.
+
+How it works. For each N in ``--validators`` it writes a testnet with ``--accounts``
+funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
+``bcfl localnet up`` does) and, for each offered rate, runs one step:
+
+- ``--loaders`` load-generator processes (multiprocessing, spawn) each own a slice of
+  the accounts. Before the clock starts each pre-signs its transfers (200 bytes
+  encoded, padded with a memo; nonces in sequence per account from the committed
+  state), so signing never limits the offered load. Then, open loop, every 5 ms
+  each sends the txs that are due at ``rate / loaders`` per second as batches
+  (``POST /v1/txs/batch``) round-robin over every validator's API, without waiting
+  for answers (at most ``IN_FLIGHT_MAX`` requests in flight per loader; a loader
+  that falls behind offers less, and that shows as ``offered_tx_per_s``). The
+  submission time of a tx is taken just before its batch is sent.
+  ``--closed-loop`` instead sends every pre-signed tx as fast as the API takes them
+  (``CLOSED_LOOP_REQUESTS`` requests in flight per loader, overloaded txs retried
+  after 50 ms): the committed rate is then the chain's maximum.
+- The main process polls node 0 for each next block (``GET /v1/blocks/{h}``, 5 ms
+  between misses) and records when it saw it: a tx's latency is from its submission
+  to the moment node 0's committed block holding it was observed (so it includes up
+  to ~5 ms of polling and one HTTP round trip). Polling, not the ``/v1/events``
+  websocket, because that stream's 256-event client queue drops tx events under load.
+- The first ``--warmup`` seconds are excluded; figures cover the next ``--duration``
+  seconds and carry their sample counts. Around that window it reads each node's
+  ``/metrics`` (view changes, transport bytes sent) and ``/proc/<pid>/stat`` (CPU).
+- Accounting: after the loaders finish it waits (``--drain-timeout``) until every
+  accepted tx is in a block. ``accepted == committed + missing``; rejected txs are
+  reported with their codes; any missing tx is a failure in the JSON (exit code 1).
+
+Before the nodes start it measures this machine's ceiling: Ed25519 verifications per
+second on all cores (one process per core) and so the most tx/s N validators sharing
+the machine could commit if each verified each tx once and did nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from node.bench.common import get_machine_info, get_summary, write_report
+from node.client import AsyncClient, ClientError, get_tx_hash_hex, make_transfer
+from node.keys import KeyPair, load_key_file
+
+TX_SIZE_BYTES = 200
+BATCH_TXS_DEFAULT = 250
+IN_FLIGHT_MAX = 32
+CLOSED_LOOP_REQUESTS = 8
+SEND_INTERVAL_S = 0.005
+POLL_INTERVAL_S = 0.005
+RETRY_DELAY_S = 0.05
+RETRY_CODES = frozenset({"overloaded", "mempool_full", "sender_queue_full"})
+NONCE_WINDOW = 64  # the mempool's nonce_gap_max: txs per account ahead of the chain
+START_DELAY_S = 0.5
+VALIDATORS_ALLOWED = (4, 7, 10, 16)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the machine's ceiling -----------------------------------------------------------
+
+
+def _verify_for(seconds: float) -> int:
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    signed = key.sign(b"\x00" * TX_SIZE_BYTES)
+    verify = key.verify_key.verify
+    count = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(200):
+            verify(signed)
+        count += 200
+    return count
+
+
+def measure_verify_ceiling(seconds: float) -> dict[str, Any]:
+    """Ed25519 verifications/s with one process per usable core, all at once."""
+    cores = get_machine_info()["cores"] or 1
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(_verify_for, [0.05] * cores)  # start every worker before timing
+        start = time.perf_counter()
+        counts = pool.map(_verify_for, [seconds] * cores)
+        elapsed = time.perf_counter() - start
+    total = sum(counts)
+    return {
+        "processes": cores,
+        "duration_s": round(elapsed, 3),
+        "verifications": total,
+        "verifications_per_s": round(total / seconds, 1),
+        "per_core_per_s": round(total / seconds / cores, 1),
+    }
+
+
+# --- transactions ---------------------------------------------------------------------
+
+
+def make_padded_transfer(key: KeyPair, chain_id: str, recipient: bytes, nonce: int) -> bytes:
+    """A signed transfer whose encoding is exactly TX_SIZE_BYTES (memo padding)."""
+    bare = make_transfer(key, chain_id, recipient, 1, nonce)
+    pad = TX_SIZE_BYTES - len(bare)
+    assert pad >= 0, "a bare transfer must fit the benchmark's tx size"
+    tx = make_transfer(key, chain_id, recipient, 1, nonce, memo=b"b" * pad)
+    assert len(tx) == TX_SIZE_BYTES
+    return tx
+
+
+@dataclass
+class LoaderSpec:
+    index: int
+    urls: list[str]
+    chain_id: str
+    key_paths: list[str]
+    start_nonces: list[int]
+    txs_per_account: int
+    rate_per_s: float  # 0: closed loop
+    duration_s: float  # how long to offer load (warm-up + measured window)
+    batch_txs: int
+    result_path: str
+
+
+@dataclass
+class LoaderResult:
+    submitted: dict[str, float] = field(default_factory=dict)  # hash -> last submit time
+    statuses: dict[str, str] = field(default_factory=dict)  # hash -> accepted/duplicate/code
+    unsent: int = 0
+    retries: int = 0
+
+
+def presign(spec: LoaderSpec) -> list[bytes]:
+    """The loader's txs, interleaved across accounts so each account's nonces go in order."""
+    keys = [load_key_file(Path(p)) for p in spec.key_paths]
+    recipient = b"\x01" * 32
+    per_account = [
+        [make_padded_transfer(key, spec.chain_id, recipient, nonce + k)
+         for k in range(spec.txs_per_account)]
+        for key, nonce in zip(keys, spec.start_nonces, strict=True)
+    ]
+    return [txs[k] for k in range(spec.txs_per_account) for txs in per_account]
+
+
+async def _post(session: aiohttp.ClientSession, url: str, batch: list[bytes],
+                hashes: list[str], result: LoaderResult) -> list[int]:
+    """Send one batch; record each tx's outcome; the indexes to retry (overloaded)."""
+    body = b'{"txs":["' + b'","'.join(tx.hex().encode() for tx in batch) + b'"]}'
+    try:
+        async with session.post(url + "/v1/txs/batch", data=body,
+                                headers={"Content-Type": "application/json"}) as response:
+            document = await response.json(content_type=None)
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        for tx_hash in hashes:
+            result.statuses[tx_hash] = f"unreachable: {type(exc).__name__}"
+        return []
+    if status != 200:
+        code = str(document.get("error", {}).get("code", f"http_{status}"))
+        if code in RETRY_CODES:
+            return list(range(len(batch)))
+        for tx_hash in hashes:
+            result.statuses[tx_hash] = code
+        return []
+    retry = []
+    for i, (tx_hash, item) in enumerate(zip(hashes, document["results"], strict=True)):
+        outcome = item["status"] if item["status"] != "rejected" else item["code"]
+        if outcome in RETRY_CODES:
+            retry.append(i)
+        else:
+            result.statuses[tx_hash] = outcome
+    return retry
+
+
+async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t0: float,
+                        result: LoaderResult) -> None:
+    in_flight = asyncio.Semaphore(IN_FLIGHT_MAX)
+    tasks: set[asyncio.Task[Any]] = set()
+    sent = 0
+    turn = 0
+    connector = aiohttp.TCPConnector(limit=IN_FLIGHT_MAX)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def send(batch: list[bytes], batch_hashes: list[str], url: str) -> None:
+            try:
+                retry = await _post(session, url, batch, batch_hashes, result)
+                for i in retry:  # open loop: an overloaded tx is a rejection, not a retry
+                    result.statuses[batch_hashes[i]] = "overloaded"
+            finally:
+                in_flight.release()
+
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        while sent < len(txs):
+            now = time.time()
+            if now - t0 > spec.duration_s:
+                break
+            due = min(len(txs), int((now - t0) * spec.rate_per_s))
+            while sent < due and not in_flight.locked():
+                count = min(spec.batch_txs, due - sent)
+                await in_flight.acquire()
+                batch, batch_hashes = txs[sent:sent + count], hashes[sent:sent + count]
+                stamp = time.time()
+                result.submitted.update((h, stamp) for h in batch_hashes)
+                url = spec.urls[turn % len(spec.urls)]
+                turn += 1
+                task = asyncio.create_task(send(batch, batch_hashes, url))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += count
+            await asyncio.sleep(SEND_INTERVAL_S)
+        if tasks:
+            await asyncio.gather(*tasks)
+    result.unsent = len(txs) - sent
+
+
+async def run_closed_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t0: float,
+                          result: LoaderResult) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for start in range(0, len(txs), spec.batch_txs):
+        queue.put_nowait(start)
+    connector = aiohttp.TCPConnector(limit=CLOSED_LOOP_REQUESTS)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def worker(k: int) -> None:
+            turn = k
+            while time.time() - t0 < spec.duration_s:
+                try:
+                    start = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                batch = txs[start:start + spec.batch_txs]
+                batch_hashes = hashes[start:start + spec.batch_txs]
+                url = spec.urls[turn % len(spec.urls)]
+                turn += 1
+                for _attempt in range(100):  # bounded: an overloaded node sheds, we retry
+                    stamp = time.time()  # a resubmission is the tx's submission time
+                    result.submitted.update((h, stamp) for h in batch_hashes)
+                    retry = await _post(session, url, batch, batch_hashes, result)
+                    if not retry:
+                        break
+                    result.retries += len(retry)
+                    batch = [batch[i] for i in retry]
+                    batch_hashes = [batch_hashes[i] for i in retry]
+                    await asyncio.sleep(RETRY_DELAY_S)
+                else:
+                    for tx_hash in batch_hashes:
+                        result.statuses[tx_hash] = "overloaded"
+
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        await asyncio.gather(*(worker(k) for k in range(CLOSED_LOOP_REQUESTS)))
+    result.unsent = len(txs) - len(result.submitted)
+
+
+def run_loader(spec: LoaderSpec, ready: Any, start: Any) -> None:
+    """Loader process entry: pre-sign, report ready, wait for t0, submit, write results."""
+    txs = presign(spec)
+    hashes = [get_tx_hash_hex(tx) for tx in txs]
+    ready.put(spec.index)
+    t0: float = start.get()
+    result = LoaderResult()
+    runner = run_closed_loop if spec.rate_per_s <= 0 else run_open_loop
+    asyncio.run(runner(spec, txs, hashes, t0, result))
+    import json
+
+    Path(spec.result_path).write_text(json.dumps({
+        "submitted": result.submitted, "statuses": result.statuses,
+        "unsent": result.unsent, "retries": result.retries,
+    }))
+
+
+# --- the localnet ---------------------------------------------------------------------
+
+
+def get_free_base_port(count: int) -> int:
+    """A base port with ``count`` consecutive free ports (checked by binding)."""
+    for base in range(27000, 60000, 97):
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def start_profiled_node(home: Path, profile_path: Path) -> None:
+    """Start a node under pyinstrument (it writes its profile when the node exits cleanly)."""
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    with (home / "node.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyinstrument", "-o", str(profile_path), "-m", "node",
+             "start", "--home", str(home)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env)
+    (home / "node.pid").write_text(f"{process.pid}\n")
+
+
+@contextlib.contextmanager
+def open_localnet(n: int, accounts: int, directory: Path,
+                  profile_path: Path | None = None) -> Iterator[list[Path]]:
+    from node.commands import localnet, testnet
+
+    base = get_free_base_port(2 * n)
+    with contextlib.redirect_stdout(sys.stderr):
+        code = testnet.main(["--validators", str(n), "--output", str(directory),
+                             "--base-port", str(base), "--accounts", str(accounts)])
+        if code != 0:
+            raise RuntimeError(f"bcfl testnet failed ({code})")
+        if profile_path is not None:  # localnet up leaves a running node alone
+            start_profiled_node(directory / "node0", profile_path)
+        code = localnet.main(["up", "--dir", str(directory), "--timeout", "120"])
+        if code != 0:
+            raise RuntimeError(f"bcfl localnet up failed ({code})")
+    homes = localnet.get_homes(directory)
+    try:
+        yield homes
+    finally:
+        with contextlib.redirect_stdout(sys.stderr):
+            localnet.main(["down", "--dir", str(directory)])
+
+
+def get_api_urls(homes: list[Path]) -> list[str]:
+    from node.commands._common import get_home_api_url
+
+    return [get_home_api_url(home) for home in homes]
+
+
+def get_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return values
+
+
+@dataclass
+class Snapshot:
+    time: float
+    cpu_s: list[float]
+    metrics: list[dict[str, float]]
+
+
+async def take_snapshot(clients: list[AsyncClient], pids: list[int]) -> Snapshot:
+    now = time.time()
+    cpu = [get_cpu_seconds(pid) for pid in pids]
+    texts = await asyncio.gather(*(c.get_metrics() for c in clients))
+    return Snapshot(now, cpu, [parse_metrics(t) for t in texts])
+
+
+@dataclass
+class ObservedBlock:
+    height: int
+    seen_at: float
+    tx_hashes: list[str]
+
+
+async def follow_blocks(client: AsyncClient, from_height: int, blocks: list[ObservedBlock],
+                        stop: asyncio.Event) -> None:
+    height = from_height
+    while not stop.is_set():
+        try:
+            block = await client._request("GET", f"/v1/blocks/{height}?encoded=false")
+        except ClientError as exc:
+            # 404: not committed yet; anything else (a slow node answering 503, a
+            # dropped connection) is retried too: the drain deadline bounds the wait.
+            if exc.status != 404:
+                print(f"  block {height}: {exc}; retrying", file=sys.stderr)
+            await asyncio.sleep(POLL_INTERVAL_S)
+            continue
+        blocks.append(ObservedBlock(height, time.time(), block["tx_hashes"]))
+        height += 1
+
+
+# --- one step ------------------------------------------------------------------------
+
+
+@dataclass
+class StepConfig:
+    rate_per_s: float  # 0: closed loop
+    warmup_s: float
+    duration_s: float
+    drain_timeout_s: float
+    loaders: int
+    batch_txs: int
+    closed_loop_txs: int
+
+
+async def get_start_nonces(client: AsyncClient, keys: list[KeyPair]) -> list[int]:
+    accounts = await asyncio.gather(*(client.get_account(k.public_key) for k in keys))
+    return [int(a["nonce"]) for a in accounts]
+
+
+def plan_txs_per_account(step: StepConfig, accounts: int) -> int:
+    total = (step.closed_loop_txs if step.rate_per_s <= 0
+             else int(step.rate_per_s * (step.warmup_s + step.duration_s)) + 1)
+    per_account = -(-total // accounts)
+    return per_account
+
+
+def run_step(homes: list[Path], key_paths: list[Path], step: StepConfig,
+             workdir: Path) -> dict[str, Any]:
+    return asyncio.run(_run_step(homes, key_paths, step, workdir))
+
+
+async def _run_step(homes: list[Path], key_paths: list[Path], step: StepConfig,
+                    workdir: Path) -> dict[str, Any]:
+    import json
+
+    from node.commands.localnet import read_pid
+
+    urls = get_api_urls(homes)
+    pids = [read_pid(home) or 0 for home in homes]
+    clients = [AsyncClient(url, timeout_s=30) for url in urls]
+    try:
+        keys = [load_key_file(p) for p in key_paths]
+        status = await clients[0].get_status()
+        chain_id, start_height = status["chain_id"], int(status["height"])
+        nonces = await get_start_nonces(clients[0], keys)
+        per_account = plan_txs_per_account(step, len(keys))
+        if step.rate_per_s > 0 and per_account > NONCE_WINDOW:
+            # Beyond the nonce window the mempool would reject txs whose predecessors
+            # are not yet committed: more accounts, not fewer, keep the load honest.
+            print(f"  note: {per_account} txs per account > nonce window {NONCE_WINDOW}; "
+                  "use more --accounts if nonce rejections appear", file=sys.stderr)
+        context = multiprocessing.get_context("spawn")
+        ready, start = context.Queue(), context.Queue()
+        specs, processes = [], []
+        for i in range(step.loaders):
+            mine = list(range(i, len(keys), step.loaders))
+            spec = LoaderSpec(
+                index=i, urls=urls[i % len(urls):] + urls[:i % len(urls)], chain_id=chain_id,
+                key_paths=[str(key_paths[k]) for k in mine],
+                start_nonces=[nonces[k] for k in mine], txs_per_account=per_account,
+                rate_per_s=step.rate_per_s / step.loaders,
+                duration_s=step.warmup_s + step.duration_s, batch_txs=step.batch_txs,
+                result_path=str(workdir / f"loader-{i}.json"),
+            )
+            specs.append(spec)
+            process = context.Process(target=run_loader, args=(spec, ready, start))
+            process.start()
+            processes.append(process)
+        for _ in processes:
+            await asyncio.to_thread(ready.get, True, 600)
+        blocks: list[ObservedBlock] = []
+        stop = asyncio.Event()
+        follower = asyncio.create_task(follow_blocks(clients[0], start_height + 1, blocks, stop))
+        t0 = time.time() + START_DELAY_S
+        for _ in processes:
+            start.put(t0)
+        await asyncio.sleep(t0 + step.warmup_s - time.time())
+        before = await take_snapshot(clients, pids)
+        await asyncio.sleep(step.duration_s)
+        after = await take_snapshot(clients, pids)
+        for process in processes:
+            await asyncio.to_thread(process.join)
+        results = [json.loads(Path(s.result_path).read_text()) for s in specs]
+        submitted = {h: t for r in results for h, t in r["submitted"].items()}
+        statuses = {h: s for r in results for h, s in r["statuses"].items()}
+        accepted = {h for h, s in statuses.items() if s == "accepted"}
+        deadline = time.time() + step.drain_timeout_s
+        committed_at: dict[str, float] = {}
+        seen = 0
+        while time.time() < deadline:
+            for block in blocks[seen:]:
+                for tx_hash in block.tx_hashes:
+                    committed_at.setdefault(tx_hash, block.seen_at)
+            seen = len(blocks)
+            if accepted <= committed_at.keys():
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await follower
+        for block in blocks:
+            for tx_hash in block.tx_hashes:
+                committed_at.setdefault(tx_hash, block.seen_at)
+        return summarise(step, before, after, blocks, submitted, statuses, accepted,
+                         committed_at, results)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[ObservedBlock],
+              submitted: dict[str, float], statuses: dict[str, str], accepted: set[str],
+              committed_at: dict[str, float], results: list[dict[str, Any]]) -> dict[str, Any]:
+    window = (before.time, after.time)
+    elapsed = after.time - before.time
+    in_window = [b for b in blocks if window[0] <= b.seen_at < window[1]]
+    committed_in_window = sum(len(b.tx_hashes) for b in in_window)
+    latencies = [committed_at[h] - t for h, t in submitted.items()
+                 if window[0] <= t < window[1] and h in committed_at]
+    offered = sum(1 for t in submitted.values() if window[0] <= t < window[1])
+    rejected: dict[str, int] = {}
+    for status in statuses.values():
+        if status not in ("accepted", "duplicate"):
+            rejected[status] = rejected.get(status, 0) + 1
+    committed = accepted & committed_at.keys()
+    missing = len(accepted) - len(committed)
+    unanswered = len(submitted.keys() - statuses.keys())
+
+    def delta(name: str) -> list[float]:
+        return [a.get(name, 0.0) - b.get(name, 0.0)
+                for a, b in zip(after.metrics, before.metrics, strict=True)]
+
+    bytes_sent = sum(delta("bcfl_transport_bytes_sent_total"))
+    drop_names = {name for m in after.metrics for name in m
+                  if name.startswith("bcfl_messages_dropped_total")}
+    drops = {name.split("reason=", 1)[-1].strip('"}'): int(sum(delta(name)))
+             for name in sorted(drop_names)}
+    cpu = [round((a - b) / elapsed, 3) for a, b in zip(after.cpu_s, before.cpu_s, strict=True)]
+    latency = get_summary(latencies)
+    return {
+        "mode": "closed_loop" if step.rate_per_s <= 0 else "open_loop",
+        "target_rate_tx_per_s": step.rate_per_s,
+        "window_s": round(elapsed, 3),
+        "warmup_s": step.warmup_s,
+        "offered_tx_per_s": round(offered / elapsed, 1),
+        "offered_txs": offered,
+        "committed_tx_per_s": round(committed_in_window / elapsed, 1),
+        "committed_txs_in_window": committed_in_window,
+        "blocks_per_s": round(len(in_window) / elapsed, 2),
+        "blocks_in_window": len(in_window),
+        "block_txs_mean": round(committed_in_window / len(in_window), 1) if in_window else 0,
+        "latency_s": {k: (round(v, 4) if isinstance(v, float) else v)
+                      for k, v in latency.items()},
+        "latency_definition": "submit (batch sent) -> block seen committed by polling node 0",
+        "view_changes": int(max(delta("bcfl_view_changes_total"), default=0)),
+        "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
+        "cpu_cores_per_validator": cpu,
+        "bytes_sent_per_committed_tx": round(bytes_sent / committed_in_window, 1)
+        if committed_in_window else None,
+        "accounting": {
+            "presigned_unsent": sum(int(r["unsent"]) for r in results),
+            "submitted": len(submitted),
+            "accepted": len(accepted),
+            "duplicate": sum(1 for s in statuses.values() if s == "duplicate"),
+            "rejected": rejected,
+            "unanswered": unanswered,
+            "committed": len(committed),
+            "missing": missing,
+            "retried_overloaded": sum(int(r["retries"]) for r in results),
+        },
+    }
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def write_plots(report: dict[str, Any], output: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    by_n: dict[int, list[dict[str, Any]]] = {}
+    for run in report["runs"]:
+        by_n.setdefault(run["validators"], []).append(run)
+    open_runs = {n: sorted((r for r in runs if r["mode"] == "open_loop"),
+                           key=lambda r: r["offered_tx_per_s"]) for n, runs in by_n.items()}
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for n, runs in open_runs.items():
+        if runs:
+            ax.plot([r["offered_tx_per_s"] for r in runs], [r["committed_tx_per_s"] for r in runs],
+                    "o-", label=f"N={n}")
+    ax.set_xlabel("offered tx/s")
+    ax.set_ylabel("committed tx/s")
+    ax.set_title("throughput vs offered load")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output / "consensus_throughput.png", dpi=80)
+    plt.close(fig)
+    written.append("consensus_throughput.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for n, runs in open_runs.items():
+        runs = [r for r in runs if r["latency_s"]["samples"]]
+        if not runs:
+            continue
+        xs = [r["offered_tx_per_s"] for r in runs]
+        for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+            ax.plot(xs, [r["latency_s"][q] for r in runs], style, label=f"N={n} {q}")
+    ax.set_xlabel("offered tx/s")
+    ax.set_ylabel("latency (s)")
+    ax.set_title("latency percentiles vs load")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output / "consensus_latency.png", dpi=80)
+    plt.close(fig)
+    written.append("consensus_latency.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ns = sorted(by_n)
+    best = [max(r["committed_tx_per_s"] for r in by_n[n]) for n in ns]
+    ax.plot(ns, best, "o-", label="best committed tx/s")
+    ax.plot(ns, [report["ceiling"]["verifications_per_s"] / n for n in ns], "k--",
+            label="verify-once ceiling")
+    ax.set_xlabel("validators N")
+    ax.set_ylabel("tx/s")
+    ax.set_yscale("log")
+    ax.set_title("throughput vs N")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output / "consensus_scaling.png", dpi=80)
+    plt.close(fig)
+    written.append("consensus_scaling.png")
+    return written
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bcfl bench consensus",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--validators", "-n", default="4",
+                        help="comma-separated committee sizes from 4,7,10,16")
+    parser.add_argument("--rate", default="1000",
+                        help="comma-separated offered rates in tx/s (open loop)")
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="also run a closed-loop step per N (as fast as accepted)")
+    parser.add_argument("--closed-loop-txs", type=int, default=40_000,
+                        help="pre-signed txs for the closed-loop step")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0, help="excluded seconds first")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds to wait after the load for accepted txs to commit")
+    parser.add_argument("--accounts", type=int, default=1000, help="funded sender accounts")
+    parser.add_argument("--loaders", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--batch", type=int, default=BATCH_TXS_DEFAULT,
+                        help="txs per POST /v1/txs/batch (1..1000)")
+    parser.add_argument("--ceiling-seconds", type=float, default=2.0,
+                        help="seconds for the Ed25519 ceiling (0 skips it)")
+    parser.add_argument("--output", type=Path, help="directory for consensus.json and plots")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--profile-node0", type=Path, metavar="FILE",
+                        help="run validator 0 under pyinstrument; text profile to FILE.n<N>.txt")
+    parser.add_argument("--keep", action="store_true", help="keep the localnet directories")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.validators.split(",") if s]
+        args.rates = [float(r) for r in args.rate.split(",") if r]
+    except ValueError:
+        parser.error("--validators and --rate take comma-separated numbers")
+    if not args.sizes or any(n not in VALIDATORS_ALLOWED for n in args.sizes):
+        parser.error(f"--validators must be from {VALIDATORS_ALLOWED}")
+    if any(r <= 0 for r in args.rates) or (not args.rates and not args.closed_loop):
+        parser.error("--rate values must be positive")
+    if not 1 <= args.batch <= 1000 or args.loaders < 1 or args.accounts < args.loaders:
+        parser.error("--batch must be 1..1000, --loaders >= 1, --accounts >= --loaders")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive and --warmup not negative")
+    return args
+
+
+def print_run(run: dict[str, Any]) -> None:
+    lat = run["latency_s"]
+    acc = run["accounting"]
+    print(f"N={run['validators']:>2} {run['mode']:<11} offered {run['offered_tx_per_s']:>8.1f} "
+          f"committed {run['committed_tx_per_s']:>8.1f} tx/s  p50 {lat['p50']} p99 {lat['p99']} "
+          f"max {lat['max']} (n={lat['samples']})  blocks/s {run['blocks_per_s']} "
+          f"vc {run['view_changes']} cpu {run['cpu_cores_per_validator']}  "
+          f"accepted {acc['accepted']} committed {acc['committed']} missing {acc['missing']} "
+          f"rejected {acc['rejected']}", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    report: dict[str, Any] = {
+        "benchmark": "consensus",
+        "machine": get_machine_info(),
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "tx_size_bytes": TX_SIZE_BYTES,
+        "ceiling": measure_verify_ceiling(args.ceiling_seconds) if args.ceiling_seconds > 0
+        else {"verifications_per_s": 0.0},
+        "runs": [],
+        "failures": [],
+    }
+    print(f"ceiling: {report['ceiling']}", file=sys.stderr)
+    root = Path(tempfile.mkdtemp(prefix="bcfl-bench-"))
+    try:
+        for n in args.sizes:
+            directory = root / f"n{n}"
+            profile = (None if args.profile_node0 is None
+                       else args.profile_node0.with_suffix(f".n{n}.txt"))
+            with open_localnet(n, args.accounts, directory, profile) as homes:
+                key_paths = sorted((directory / "accounts").glob("client-*.json"))
+                steps = [StepConfig(rate, args.warmup, args.duration, args.drain_timeout,
+                                    args.loaders, args.batch, args.closed_loop_txs)
+                         for rate in args.rates]
+                if args.closed_loop:
+                    steps.append(StepConfig(0.0, args.warmup, args.duration, args.drain_timeout,
+                                            args.loaders, args.batch, args.closed_loop_txs))
+                for step in steps:
+                    workdir = root / f"n{n}-r{int(step.rate_per_s)}"
+                    workdir.mkdir()
+                    run = {"validators": n, **run_step(homes, key_paths, step, workdir)}
+                    ceiling = report["ceiling"]["verifications_per_s"] / n
+                    run["ceiling_tx_per_s"] = round(ceiling, 1)
+                    run["fraction_of_ceiling"] = (round(run["committed_tx_per_s"] / ceiling, 4)
+                                                  if ceiling else None)
+                    report["runs"].append(run)
+                    print_run(run)
+                    acc = run["accounting"]
+                    if acc["missing"] or acc["unanswered"]:
+                        report["failures"].append(
+                            f"N={n} rate={step.rate_per_s}: {acc['missing']} accepted txs "
+                            f"never committed, {acc['unanswered']} unanswered")
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"localnet directories kept in {root}", file=sys.stderr)
+    if args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        if not args.no_plots and report["runs"]:
+            report["plots"] = write_plots(report, args.output)
+    text = write_report(report, None if args.output is None else args.output / "consensus.json")
+    print(text)
+    return 1 if report["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
