@@ -25,6 +25,8 @@ from node.commands._common import EXIT_OK, CommandError, load_home_config, run
 from node.config import Config
 from node.genesis import Genesis, GenesisError, load_genesis
 from node.keys import KeyFileError, KeyPair, load_key_file
+from node.learning import LearningSetupError, verify_learning_setup
+from node.learning_api import get_learning_routes
 from node.node import Driver, Node, NodeSetupError
 from node.runtime import Bridge, run_node
 from node.service import EventHub
@@ -81,6 +83,10 @@ def _start(args: argparse.Namespace) -> int:
         key = load_key_file(config.get_key_path(home))
     except (GenesisError, KeyFileError) as exc:
         raise CommandError(str(exc)) from None
+    try:  # a node that cannot rebuild what genesis promises must stop, not diverge
+        verify_learning_setup(genesis)
+    except LearningSetupError as exc:
+        raise CommandError(f"learning setup does not match genesis: {exc}") from None
     _check_ports(config)
     try:
         store = LevelDBStore(config.get_data_path(home))
@@ -120,7 +126,9 @@ def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore) ->
 
     run_node(
         trio_main,
-        lambda bridge: create_app(BridgeService(bridge, hub), config),
+        lambda bridge: create_app(
+            BridgeService(bridge, hub), config, extra_routes=get_learning_routes()
+        ),
         http_host=config.api.listen_host,
         http_port=config.api.listen_port,
         on_started=on_started,
