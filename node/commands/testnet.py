@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from node.commands._common import EXIT_OK, CommandError, get_config_path, run
-from node.config import ApiConfig, Config, P2PConfig, save_config
+from node.config import LEARNING_MODES, ApiConfig, Config, LearningConfig, P2PConfig, save_config
 from node.genesis import (
     ROLES,
     VALIDATORS_MAX,
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "validator member has attested)")
     parser.add_argument("--epsilon-budget", type=float, default=DEFAULT_EPSILON_BUDGET,
                         help="each institution's differential-privacy budget for the task")
+    parser.add_argument("--learning-mode", choices=LEARNING_MODES, default="off",
+                        help="fully coupled learning: validator i runs hospital-i's agent "
+                        "(its key copied to the home, its CSV as train_data)")
     parser.add_argument("--data-seed", type=int, default=2,
                         help="seed of the label-skewed split of the hospital data")
     return parser
@@ -183,6 +186,8 @@ def _testnet(args: argparse.Namespace) -> int:
     n: int = args.validators
     output: Path = args.output
     institutions = parse_institutions(args.institutions, n)
+    if args.learning_mode != "off" and (args.fl_task == "none" or len(institutions) < n):
+        raise CommandError("--learning-mode needs a learning task and an institution per node")
     existing = [output / name for name in ("genesis.json", "node0", "accounts")
                 if (output / name).exists()]
     if existing:
@@ -231,6 +236,12 @@ def _testnet(args: argparse.Namespace) -> int:
             api=dataclasses.replace(ApiConfig(), listen_host=args.host,
                                     listen_port=validators[i].api_port),
         )
+        if args.learning_mode != "off":
+            name = institutions[i].name
+            config = dataclasses.replace(config, learning=LearningConfig(
+                mode=args.learning_mode, train_data=f"../hospitals/{name}.csv",
+                member_key_file="config/member_key.json"))
+            save_key_file(config.resolve(home, "config/member_key.json"), member_keys[name])
         save_config(get_config_path(home), config)
         save_key_file(config.get_key_path(home), key)
         save_genesis(config.get_genesis_path(home), genesis)

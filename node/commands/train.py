@@ -18,7 +18,9 @@ outcome and repeats ``--rounds`` times. A rejection prints the chain's reason
 from __future__ import annotations
 
 import argparse
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +65,13 @@ def _get_url(args: argparse.Namespace) -> str:
     return get_home_api_url(args.home)
 
 
-def _wait_for_round(agent: HospitalAgent, number: int) -> dict[str, Any]:
+def _wait_for_round(
+    agent: HospitalAgent, number: int, stop: threading.Event | None = None
+) -> dict[str, Any] | None:
     deadline = time.monotonic() + ROUND_WAIT_S
     while time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            return None
         _, round_json, _ = agent.get_view()
         if int(round_json["round"]) > number:
             summary: dict[str, Any] = agent.client.get_fl_round(agent.task_id, number)
@@ -107,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
         agent.data = load_hospital_data(args.data, args.standardize, policy.validation_dataset,
                                         args.seed)
         for _ in range(args.rounds):
-            _run_round(agent, args)
+            run_round(agent, args.attest, args.expect_deltas)
     except ClientError as exc:
         raise CommandError(str(exc)) from None
     except (ValueError, OSError) as exc:  # bad CSV, unreadable file
@@ -115,34 +121,49 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_round(agent: HospitalAgent, args: argparse.Namespace) -> None:
+def run_round(
+    agent: HospitalAgent,
+    attest_mode: str,
+    expect_deltas: int,
+    log: Callable[[str], None] = print,
+    submit: bool = True,
+    stop: threading.Event | None = None,
+) -> None:
+    """One round: submit a delta (if ``submit``), attest when due, wait for the close.
+
+    Raises ClientError ``privacy_budget`` (the budget never comes back); logs
+    any other rejection and carries on.
+    """
     _, round_json, _ = agent.get_view()
     number = int(round_json["round"])
-    try:
-        result = agent.submit_delta()
-        print(f"round {number}: delta {result['hash'][:16]} {result['status']}")
-    except ClientError as exc:
-        print(f"round {number}: delta rejected: {exc.code}: {exc.message}")
-        if exc.code == "privacy_budget":
-            raise
+    if submit:
+        try:
+            result = agent.submit_delta()
+            log(f"round {number}: delta {result['hash'][:16]} {result['status']}")
+        except ClientError as exc:
+            log(f"round {number}: delta rejected: {exc.code}: {exc.message}")
+            if exc.code == "privacy_budget":
+                raise
     attested = False
     deadline = time.monotonic() + ROUND_WAIT_S
-    while not attested and time.monotonic() < deadline:
+    while not attested and time.monotonic() < deadline and not (stop and stop.is_set()):
         _, current, _ = agent.get_view()
         if int(current["round"]) != number:
             break
-        if _should_attest(agent, args.attest, args.expect_deltas):
+        if _should_attest(agent, attest_mode, expect_deltas):
             agent.attest()
             attested = True
         else:
             time.sleep(POLL_S)
-    summary = _wait_for_round(agent, number)
+    summary = _wait_for_round(agent, number, stop)
+    if summary is None:
+        return
     mine = [o for o in summary["deltas"] if o["institution"] == agent.key.public_key.hex()]
     outcome = ("no delta" if not mine else "accepted" if mine[0]["accepted"]
                else f"rejected ({mine[0]['reason']})")
     reward = sum(int(o["reward"]) for o in mine)
-    print(f"round {number} closed: model {summary['model_hash'][:16]} v{summary['model_version']}"
-          f", my delta {outcome}, reward {reward}")
+    log(f"round {number} closed: model {summary['model_hash'][:16]} v{summary['model_version']}"
+        f", my delta {outcome}, reward {reward}")
 
 
 def main(argv: list[str]) -> int:

@@ -130,3 +130,22 @@ def test_stale_and_copied_deltas_are_refused_with_their_reasons(
 def _stale_view(agent: HospitalAgent, number: int) -> tuple[object, dict[str, object], object]:
     policy, round_json, members = HospitalAgent.get_view(agent)
     return policy, {**round_json, "round": number}, members
+
+
+def test_validators_that_train_and_attest_themselves_advance_the_model(tmp_path: Path) -> None:
+    """Fully coupled: each node's config.toml [learning] runs its hospital's agent."""
+    directory = tmp_path / "net"
+    base = demo.find_free_base_port(27500, 8)
+    assert testnet.main(["-n", "4", "-o", str(directory), "--base-port", str(base),
+                         "--learning-mode", "train+attest"]) == 0
+    assert 'mode = "train+attest"' in (directory / "node0" / "config" / "config.toml").read_text()
+    with demo.running_localnet(directory, base) as urls:
+        client = Client(urls[0])
+        _wait_round(client, 1)
+        summary = client.get_fl_round(0, 0)
+        # Every hospital sent a delta and the round closed on attestations, not the deadline.
+        assert len(summary["deltas"]) == 4
+        assert all(o["attestation_count"] == 4 for o in summary["deltas"])
+        assert summary["closed_height"] < client.get_fl_tasks()["tasks"][0]["round_length_blocks"]
+        hashes = {Client(url).get_fl_round(0, 0)["model_hash"] for url in urls}
+        assert len(hashes) == 1 and summary["model_version"] == 1
