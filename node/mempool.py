@@ -40,6 +40,7 @@ from node.codec import (
     Limits,
     Reader,
     Transaction,
+    Transfer,
     _as_input,
     _decoder,
     decode_tx,
@@ -244,7 +245,7 @@ class Mempool:
                 REJECT_SIGNATURE,
                 "signature does not verify (wrong key, or signed for another chain)",
             )
-        if source == SOURCE_LOCAL:
+        if source == SOURCE_LOCAL and type(tx.body) is not Transfer:  # transfers: checked above
             body_error = self._check_body(tx, state)
             if body_error is not None:
                 return self._reject(body_error.reason, body_error.message)

@@ -221,17 +221,19 @@ def compute_reference_accuracy(demo: Demo) -> float:
 
 
 def _print_header() -> None:
-    print(f"{'round':>5} {'acc':>6} {'model':>10} {'same':>4}  {'accepted':<34} "
-          f"{'rejected':<40} {'eps max':>7} {'s':>5}")
+    print(f"{'round':>5} {'acc':>6} {'model':>10} {'same':>4}  {'accepted':<12} "
+          f"{'rejected':<30} {'rewards (k tokens)':<28} {'eps max':>7} {'s':>5}")
 
 
 def _print_row(row: RoundRow) -> None:
     accepted = ",".join(name.replace("hospital-", "h") for name in row.accepted) or "-"
     rejected = ",".join(f"{name.replace('hospital-', 'h')}:{reason}"
                         for name, reason in sorted(row.rejected.items())) or "-"
+    rewards = " ".join(f"{name.replace('hospital-', 'h')}:{amount / 1000:.0f}"
+                       for name, amount in sorted(row.rewards.items()))
     print(f"{row.round:>5} {row.accuracy:6.3f} {row.model_hash[:10]:>10} "
-          f"{'yes' if row.same_hash else 'NO':>4}  {accepted:<34} {rejected:<40} "
-          f"{max(row.epsilon.values(), default=0.0):7.2f} {row.seconds:5.1f}")
+          f"{'yes' if row.same_hash else 'NO':>4}  {accepted:<12} {rejected:<30} "
+          f"{rewards:<28} {max(row.epsilon.values(), default=0.0):7.2f} {row.seconds:5.1f}")
 
 
 def _setup(directory: Path, urls: list[str], args: argparse.Namespace) -> Demo:
