@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import node.learning  # noqa: F401  registers the learning txs and hooks before any state is built
 from consensus.messages import SignedBody
 from node import runtime
 from node.codec import (
@@ -233,6 +234,11 @@ class BridgeService:
 
     async def get_metrics(self) -> Metrics:
         result: Metrics = await self._call("get_metrics")
+        return result
+
+    async def get_state(self) -> State:
+        """The committed state (immutable), for the learning routes (node.learning_api)."""
+        result: State = await self._call("get_state")
         return result
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tx": ("tx", "send: sign and submit a transaction"),
     "reset": ("reset", "reset --unsafe: wipe a node's data, keep its key"),
 
+    "train": ("train", "a hospital trains on its CSV and submits deltas through a validator"),
     "sim": ("sim", "run the deterministic PBFT simulator for one or many seeds"),
     "robustness": ("robustness", "evaluate aggregation rules against attacks"),
     "bench": ("bench", "benchmarks: consensus, core, transport, aggregation, round"),

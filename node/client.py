@@ -130,6 +130,33 @@ class Client:
         result: str = self._request("GET", "/metrics")
         return result
 
+    # --- learning (node.learning_api) ---------------------------------------------------
+
+    def get_fl_tasks(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/v1/fl/tasks")
+        return result
+
+    def get_fl_round(self, task_id: int, round_number: int) -> dict[str, Any]:
+        path = f"/v1/fl/tasks/{task_id}/rounds/{round_number}"
+        result: dict[str, Any] = self._request("GET", path)
+        return result
+
+    def get_fl_model_info(self, task_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/v1/fl/tasks/{task_id}/model/info")
+        return result
+
+    def get_fl_model(self, task_id: int) -> tuple[bytes, dict[str, str]]:
+        """The latest model as ``.npy`` bytes and the response headers (X-Bcfl-Model-*)."""
+        request = urllib.request.Request(f"{self.url}/v1/fl/tasks/{task_id}/model")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.read(RESPONSE_SIZE_MAX_BYTES), dict(response.headers.items())
+        except urllib.error.HTTPError as exc:
+            raise _error_from_body(exc.code, exc.read(RESPONSE_SIZE_MAX_BYTES)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(None, "unreachable", f"cannot reach {self.url}: {reason}") from None
+
     def follow_events(self) -> EventStream:
         """Connect to ``/v1/events`` now; iterate the result for events, then close it.
 

@@ -69,6 +69,31 @@ class BlockConfig:
     build_interval_ms: int = field(default=200, metadata=_range(1, 600_000))
 
 
+LEARNING_MODES = ("off", "train", "attest", "train+attest")
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Fully coupled learning: this validator's institution trains and/or attests itself.
+
+    The node runs a hospital agent (node.hospital) on a thread, talking to its own
+    API like any trainer, signing with the institution key ``member_key_file``.
+    """
+
+    mode: str = "off"  # off | train | attest | train+attest
+    train_data: str = "hospital.csv"  # the institution's CSV (label column "label")
+    member_key_file: str = "config/member_key.json"
+    task: int = field(default=0, metadata=_range(0, 1_000_000))
+    standardize: str = "public"  # public | local
+
+    def __post_init__(self) -> None:
+        if self.mode not in LEARNING_MODES:
+            raise ConfigError(f"learning.mode: {self.mode!r} is not one of "
+                              f"{', '.join(LEARNING_MODES)}")
+        if self.standardize not in ("public", "local"):
+            raise ConfigError(f"learning.standardize: {self.standardize!r} is not public or local")
+
+
 @dataclass(frozen=True)
 class Config:
     moniker: str = "node"
@@ -80,6 +105,7 @@ class Config:
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
     block: BlockConfig = field(default_factory=BlockConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
 
     def __post_init__(self) -> None:
         if self.consensus.checkpoint_interval > self.consensus.window:

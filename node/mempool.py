@@ -40,6 +40,7 @@ from node.codec import (
     Limits,
     Reader,
     Transaction,
+    Transfer,
     _as_input,
     _decoder,
     decode_tx,
@@ -51,6 +52,9 @@ from node.ledger import (
     ChainContext,
     SignatureCache,
     State,
+    StateWriter,
+    TxContext,
+    TxInvalid,
     get_account,
     get_tx_cost,
     verify_tx_signature,
@@ -241,12 +245,35 @@ class Mempool:
                 REJECT_SIGNATURE,
                 "signature does not verify (wrong key, or signed for another chain)",
             )
+        if source == SOURCE_LOCAL and type(tx.body) is not Transfer:  # transfers: checked above
+            body_error = self._check_body(tx, state)
+            if body_error is not None:
+                return self._reject(body_error.reason, body_error.message)
         self._insert(_Entry(tx, tx_bytes, tx_hash, cost, now_ms, self._seq))
         self._seq += 1
         if source == SOURCE_LOCAL:
             self._relay.append(tx_hash)
         self.metrics.admitted += 1
         return AdmitResult(tx_hash)
+
+    def _check_body(self, tx: Transaction, state: State) -> TxInvalid | None:
+        """Trial-run the body's processor on the committed state (writes discarded).
+
+        Only for a local client's txs, so it hears at once why a tx could never
+        apply (a learning tx's ``privacy_budget``, ``copy``, ``wrong_round``...).
+        Relayed txs skip it: this node's state may lag the sender's, and the
+        block builder drops what does not apply anyway. The nonce is not checked
+        here (pending txs may come before it); the reason is the processor's own.
+        """
+        processor = TX_PROCESSORS[type(tx.body)]
+        context = TxContext(
+            self.context.chain_id, state.height + 1, state.last_block_time_ms, 0
+        )
+        try:
+            processor(StateWriter(state.entries), tx, context)
+        except TxInvalid as exc:
+            return exc
+        return None
 
     def _insert(self, entry: _Entry) -> None:
         sender = entry.tx.sender

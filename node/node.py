@@ -96,6 +96,7 @@ from node.codec import (
 from node.config import Config
 from node.genesis import Genesis, get_genesis_hash
 from node.keys import KeyPair
+from node.learning_api import get_learning_account
 from node.ledger import (
     AppliedBlock,
     BlockInvalid,
@@ -633,7 +634,8 @@ class Driver:
         if result.duplicate:
             return SubmitResult(tx_hash, "duplicate")
         if result.reason is not None:
-            code = MEMPOOL_REASON_CODES.get(result.reason, REJECT_INVALID_TX)
+            # A body's own reason (e.g. a learning tx's ``privacy_budget``) is its code.
+            code = MEMPOOL_REASON_CODES.get(result.reason, result.reason)
             return SubmitResult(tx_hash, "rejected", code, f"{result.reason}: {result.message}")
         return SubmitResult(tx_hash, "accepted")
 
@@ -689,7 +691,8 @@ class Driver:
         nonce = account.nonce
         while nonce in pending:  # bounded by the mempool's per-sender nonce window
             nonce += 1
-        return AccountInfo(account_id, account.balance, nonce)
+        reputation, epsilon = get_learning_account(self.state, account_id)
+        return AccountInfo(account_id, account.balance, nonce, reputation, epsilon)
 
     def get_dropped(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -807,6 +810,8 @@ class Node:
             return d.get_account(payload)
         if kind == "get_metrics":
             return d.get_metrics()
+        if kind == "get_state":  # the committed State: immutable, read on the asyncio side
+            return d.state
         raise ValueError(f"unknown request kind {kind!r}")
 
 

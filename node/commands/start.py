@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,10 +28,15 @@ from node import byzantine
 from node.api import create_app
 from node.app import BridgeService
 from node.chain import ChainStoreError
+from node.client import Client
 from node.commands._common import EXIT_OK, CommandError, load_home_config, run
+from node.commands.train import run_round
 from node.config import Config
 from node.genesis import Genesis, GenesisError, load_genesis
+from node.hospital import HospitalAgent, load_hospital_data
 from node.keys import KeyFileError, KeyPair, load_key_file
+from node.learning import LearningSetupError, verify_learning_setup
+from node.learning_api import get_learning_routes
 from node.node import Driver, Node, NodeSetupError
 from node.runtime import Bridge, run_node
 from node.service import EventHub
@@ -104,19 +110,53 @@ def _start(args: argparse.Namespace) -> int:
         key = load_key_file(config.get_key_path(home))
     except (GenesisError, KeyFileError) as exc:
         raise CommandError(str(exc)) from None
+    try:  # a node that cannot rebuild what genesis promises must stop, not diverge
+        verify_learning_setup(genesis)
+    except LearningSetupError as exc:
+        raise CommandError(f"learning setup does not match genesis: {exc}") from None
     _check_ports(config)
     try:
         store = LevelDBStore(config.get_data_path(home))
     except StoreError as exc:
         raise CommandError(str(exc)) from None
     try:
-        return _run(config, genesis, key, store, args.byzantine)
+        return _run(config, genesis, key, store, home, args.byzantine)
     finally:
         store.close()
 
 
-def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore,
-         byzantine_mode: str | None = None) -> int:
+def _start_learning(home: Path, config: Config, url: str, stop: threading.Event) -> None:
+    """Fully coupled mode: this validator's institution trains and/or attests on a thread.
+
+    The agent talks to this node's own API (as a loosely coupled trainer would),
+    so nothing on the node's trio side blocks on training. Errors are logged;
+    the validator keeps running whatever the agent does.
+    """
+    learning_config = config.learning
+    mode = learning_config.mode
+
+    def loop() -> None:
+        try:
+            member_key = load_key_file(config.resolve(home, learning_config.member_key_file))
+            agent = HospitalAgent(Client(url), member_key, None, task_id=learning_config.task)
+            policy, _, _ = agent.get_view()
+            agent.data = load_hospital_data(
+                config.resolve(home, learning_config.train_data), learning_config.standardize,
+                policy.validation_dataset, 0)
+            while not stop.is_set():
+                run_round(agent, "yes" if "attest" in mode else "no", 0,
+                          lambda line: logger.info("learning: %s", line),
+                          submit="train" in mode, stop=stop)
+        except Exception:  # the agent is optional; the validator must keep running
+            logger.exception("learning agent stopped")
+
+    threading.Thread(target=loop, name="bcfl-learning", daemon=True).start()
+
+
+def _run(
+    config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore, home: Path,
+    byzantine_mode: str | None = None,
+) -> int:
     hub = EventHub()
     fault_file = os.environ.get(byzantine.ENV_FAULT_FILE)
     transport_config = TransportConfig(
@@ -160,13 +200,23 @@ def _run(config: Config, genesis: Genesis, key: KeyPair, store: LevelDBStore,
             config.api.listen_host, port, driver.state.height, driver.replica.view,
         )
 
+    stop_learning = threading.Event()
+
+    def on_started_all(bridge: Bridge, port: int) -> None:
+        on_started(bridge, port)
+        if config.learning.mode != "off":
+            _start_learning(home, config, f"http://127.0.0.1:{port}", stop_learning)
+
     run_node(
         trio_main,
-        lambda bridge: create_app(BridgeService(bridge, hub), config),
+        lambda bridge: create_app(
+            BridgeService(bridge, hub), config, extra_routes=get_learning_routes()
+        ),
         http_host=config.api.listen_host,
         http_port=config.api.listen_port,
-        on_started=on_started,
+        on_started=on_started_all,
     )
+    stop_learning.set()
     logger.info("stopped %s at height %d", config.moniker, driver.state.height)
     return EXIT_OK
 

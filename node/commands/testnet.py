@@ -9,7 +9,13 @@ Writes, under DIR:
   ``config/node_key.json`` at 0600, ``config/genesis.json``, ``data/``);
 - ``accounts/<name>.json``: 0600 account keys: one per institution (default
   ``hospital-<i>`` per validator, role ``both``) and ``--accounts`` funded
-  client accounts ``client-<k>`` for ``bcfl tx send`` and the benchmarks.
+  client accounts ``client-<k>`` for ``bcfl tx send`` and the benchmarks;
+- with ``--fl-task breast_cancer`` (the default): a learning task in genesis
+  ``fl.tasks`` (logistic regression on the bundled breast cancer data, the
+  shared validation set's hash from ``node.learning.build_validation_set``,
+  robust rule, DP policy, reward pool, round length) and ``hospitals/``: one
+  label-skewed CSV per trainer institution (``hospital-<i>.csv``, for
+  ``bcfl train --data``) and ``test.csv`` (held out from all of them).
 
 Nothing is written unless every check passes: N >= 4 (n = 3f + 1, f >= 1),
 the ports are free, and DIR holds no earlier testnet.
@@ -25,7 +31,7 @@ import time
 from pathlib import Path
 
 from node.commands._common import EXIT_OK, CommandError, get_config_path, run
-from node.config import ApiConfig, Config, P2PConfig, save_config
+from node.config import LEARNING_MODES, ApiConfig, Config, LearningConfig, P2PConfig, save_config
 from node.genesis import (
     ROLES,
     VALIDATORS_MAX,
@@ -36,7 +42,9 @@ from node.genesis import (
     ValidatorInfo,
     save_genesis,
 )
+from node.hospital import write_hospital_csvs
 from node.keys import KeyPair, save_key_file
+from node.learning import build_validation_set
 
 DEFAULT_CHAIN_ID = "bcfl-testnet"
 DEFAULT_BASE_PORT = 26600
@@ -45,6 +53,12 @@ DEFAULT_ACCOUNTS = 4
 DEFAULT_BALANCE = 10**12
 ACCOUNTS_MAX = 10_000
 PORT_MAX = 65535
+FL_TASKS = ("breast_cancer", "none")
+FL_RULES = ("trimmed_mean", "median", "mean", "krum", "geometric_median")
+VALIDATION_SEED = 7
+VALIDATION_SIZE = 120
+DEFAULT_ROUND_BLOCKS = 20
+DEFAULT_EPSILON_BUDGET = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +85,47 @@ def build_parser() -> argparse.ArgumentParser:
                         help="initial balance of each institution and client account")
     parser.add_argument("--skip-port-check", action="store_true",
                         help="write the files even if a port is in use now")
+    parser.add_argument("--fl-task", choices=FL_TASKS, default="breast_cancer",
+                        help="learning task in genesis (none: a plain chain)")
+    parser.add_argument("--fl-rule", choices=FL_RULES, default="trimmed_mean",
+                        help="the task's robust aggregation rule (f = 1 where it has f)")
+    parser.add_argument("--round-blocks", type=int, default=DEFAULT_ROUND_BLOCKS,
+                        help="a round's deadline in blocks (it closes earlier once every "
+                        "validator member has attested)")
+    parser.add_argument("--epsilon-budget", type=float, default=DEFAULT_EPSILON_BUDGET,
+                        help="each institution's differential-privacy budget for the task")
+    parser.add_argument("--learning-mode", choices=LEARNING_MODES, default="off",
+                        help="fully coupled learning: validator i runs hospital-i's agent "
+                        "(its key copied to the home, its CSV as train_data)")
+    parser.add_argument("--data-seed", type=int, default=2,
+                        help="seed of the label-skewed split of the hospital data")
     return parser
+
+
+def make_breast_cancer_task(
+    rule: str, round_blocks: int, epsilon_budget: float
+) -> dict[str, object]:
+    """The genesis ``fl.tasks[]`` entry of the demo task (see docs/learning.md)."""
+    _, _, digest = build_validation_set("breast_cancer", VALIDATION_SEED, VALIDATION_SIZE)
+    return {
+        "name": "breast-cancer",
+        "model": {"kind": "logistic", "n_features": 30, "n_classes": 2},
+        "rule": rule,
+        "rule_params": {"f": 1} if rule in ("trimmed_mean", "krum") else {},
+        "round_length_blocks": round_blocks,
+        "scale_exp": 12,
+        "reward_pool": 1_000_000,
+        "validator_share": 0.1,
+        # A little tolerance: under label skew an honest delta may cost a bit of shared
+        # validation loss; a poisoned one costs far more.
+        "thresholds": {"norm_max": 7.9, "roni_tolerance": 0.05, "agreement_min": 0.0},
+        "privacy": {"clip_norm": 1.0, "noise_multiplier_min": 1.0,
+                    "epsilon_budget": epsilon_budget, "delta": 1e-5},
+        "validation_set": {"dataset": "breast_cancer", "seed": VALIDATION_SEED,
+                           "size": VALIDATION_SIZE, "hash": digest.hex()},
+        "deltas_per_round_max": 64,
+        "sample_count_max": 1_000_000,
+    }
 
 
 def parse_institutions(specs: list[str] | None, validators: int) -> list[Institution]:
@@ -121,6 +175,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--accounts {args.accounts}: must be in 0..{ACCOUNTS_MAX}")
     if not 0 <= args.balance < 1 << 64:
         raise CommandError(f"--balance {args.balance}: must be a u64")
+    if not 1 <= args.round_blocks <= 100_000:
+        raise CommandError(f"--round-blocks {args.round_blocks}: must be in 1..100000")
+    if not 0 < args.epsilon_budget <= 1e6:
+        raise CommandError(f"--epsilon-budget {args.epsilon_budget}: must be in (0, 1e6]")
 
 
 def _testnet(args: argparse.Namespace) -> int:
@@ -128,6 +186,8 @@ def _testnet(args: argparse.Namespace) -> int:
     n: int = args.validators
     output: Path = args.output
     institutions = parse_institutions(args.institutions, n)
+    if args.learning_mode != "off" and (args.fl_task == "none" or len(institutions) < n):
+        raise CommandError("--learning-mode needs a learning task and an institution per node")
     existing = [output / name for name in ("genesis.json", "node0", "accounts")
                 if (output / name).exists()]
     if existing:
@@ -158,6 +218,9 @@ def _testnet(args: argparse.Namespace) -> int:
         members=tuple(Member(i.name, member_keys[i.name].public_key, i.role)
                       for i in institutions),
         balances=tuple(sorted((key.public_key, args.balance) for key in funded)),
+        fl={} if args.fl_task == "none" else {"tasks": [
+            make_breast_cancer_task(args.fl_rule, args.round_blocks, args.epsilon_budget)
+        ]},
     )
     try:  # validate everything (names, chain id...) before writing anything
         save_genesis(output / "genesis.json", genesis)
@@ -173,12 +236,24 @@ def _testnet(args: argparse.Namespace) -> int:
             api=dataclasses.replace(ApiConfig(), listen_host=args.host,
                                     listen_port=validators[i].api_port),
         )
+        if args.learning_mode != "off":
+            name = institutions[i].name
+            config = dataclasses.replace(config, learning=LearningConfig(
+                mode=args.learning_mode, train_data=f"../hospitals/{name}.csv",
+                member_key_file="config/member_key.json"))
+            save_key_file(config.resolve(home, "config/member_key.json"), member_keys[name])
         save_config(get_config_path(home), config)
         save_key_file(config.get_key_path(home), key)
         save_genesis(config.get_genesis_path(home), genesis)
         config.get_data_path(home).mkdir(parents=True, exist_ok=True)
     for name, key in [*member_keys.items(), *client_keys.items()]:
         save_key_file(accounts_dir / f"{name}.json", key)
+    trainers = [i for i in institutions if i.role in ("trainer", "both")]
+    if args.fl_task != "none" and trainers:
+        paths, _ = write_hospital_csvs(output / "hospitals", len(trainers), VALIDATION_SEED,
+                                       VALIDATION_SIZE, seed=args.data_seed)
+        for institution, path in zip(trainers, paths, strict=True):
+            path.rename(path.with_name(f"{institution.name}.csv"))
 
     print(f"wrote a {n}-validator testnet (f = {genesis.f}) for chain {args.chain_id!r} "
           f"to {output}")
@@ -187,6 +262,9 @@ def _testnet(args: argparse.Namespace) -> int:
               f"api http://{validator.api_host}:{validator.api_port}  "
               f"key {validator.public_key.hex()[:16]}...")
     print(f"  accounts: {len(funded)} funded with {args.balance} each in {accounts_dir}")
+    if args.fl_task != "none":
+        print(f"  learning task 0: breast-cancer, rule {args.fl_rule}, rounds of at most "
+              f"{args.round_blocks} blocks; hospital data in {output / 'hospitals'}")
     return EXIT_OK
 
 
