@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import node.evidence  # noqa: F401  registers the evidence tx and its genesis entry
 import node.learning  # noqa: F401  registers the learning txs and hooks before any state is built
 from consensus.messages import SignedBody
 from node import runtime

@@ -114,6 +114,11 @@ class Client:
         result: dict[str, Any] = self._request("GET", f"/v1/txs/{_as_hex(tx_hash)}")
         return result
 
+    def get_evidence(self, limit: int | None = None) -> dict[str, Any]:
+        path = "/v1/evidence" if limit is None else f"/v1/evidence?limit={int(limit)}"
+        result: dict[str, Any] = self._request("GET", path)
+        return result
+
     def get_block(self, height: int | str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", _block_path(height))
         return result

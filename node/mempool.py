@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from node.codec import (
@@ -317,6 +317,16 @@ class Mempool:
                 self._remove(entry, EVICT_STALE)
         if now_ms is not None:
             self.evict_expired(now_ms)
+
+    def evict_if(self, predicate: Callable[[Transaction], bool], reason: str) -> list[Transaction]:
+        """Drop every pending tx ``predicate`` marks as never applicable; returns them.
+
+        One pass over the pool: callers use it rarely (e.g. after a block recorded evidence).
+        """
+        doomed = [entry for entry in self._by_hash.values() if predicate(entry.tx)]
+        for entry in doomed:
+            self._remove(entry, reason)
+        return [entry.tx for entry in doomed]
 
     def evict_expired(self, now_ms: int) -> int:
         """Drop txs admitted ``ttl_ms`` or more ago; returns how many."""

@@ -13,7 +13,8 @@ no other task can interleave):
   validated or built) or from ``apply_block``; the block, certificate and state diff are
   committed in one synced batch; the mempool drops what the block used; events go out.
 - ``FetchBlocks``: a wire request to the first peer offered (the core rotates and retries).
-- ``ReportEvidence``: kept (bounded) and counted. ``Discard``: counted by reason.
+- ``ReportEvidence``: kept (bounded), counted, and turned into one ``EvidenceReport``
+  tx per (offender, view, seq) in the mempool (node/evidence.py). ``Discard``: counted by reason.
 
 After each event, if the replica offers a proposal slot and a block is due (a full
 block's worth of txs, or txs waiting for ``build_interval_ms``, or no progress for the
@@ -37,8 +38,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,14 +87,27 @@ from node.codec import (
     CommitSignature,
     DecodeError,
     Limits,
+    Transaction,
+    Transfer,
     decode_block,
     decode_consensus_message,
     encode_block,
     encode_consensus_message,
+    encode_tx,
     get_block_hash,
     get_tx_hash,
+    sign_tx,
 )
 from node.config import Config
+from node.evidence import (
+    EVIDENCE_RECORDS_PREFIX,
+    EvidenceReport,
+    decode_evidence,
+    get_evidence_id,
+    get_evidence_key,
+    is_evidence_recorded,
+    make_evidence_tx,
+)
 from node.genesis import Genesis, get_genesis_hash
 from node.keys import KeyPair
 from node.learning_api import get_learning_account
@@ -155,6 +169,8 @@ logger = logging.getLogger(__name__)
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
 RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
 EVIDENCE_KEPT_MAX = 64
+EVIDENCE_REPORTED_MAX = 1024
+EVICT_EVIDENCE_RECORDED = "evidence_recorded"
 DROP_REASONS_MAX = 64
 PROPOSALS_PER_EVENT_MAX = 8
 RELAY_BATCH_TXS_MAX = 2_000
@@ -349,6 +365,10 @@ class Driver:
         self.latency = LatencyHistogram()
         self.evidence: deque[Evidence] = deque(maxlen=EVIDENCE_KEPT_MAX)
         self.evidence_total = 0
+        # Evidence ids (offender, view, seq) this node sent a report for -> the report's tx
+        # hash (None: not admitted); bounded FIFO (see _report_evidence).
+        self.evidence_reported: OrderedDict[tuple[int, int, int], bytes | None] = OrderedDict()
+        self.evidence_reports: dict[str, int] = {}
         self.discards: dict[str, int] = {}
         self.drops: dict[str, int] = {}
         self.view_changes_total = 0
@@ -420,6 +440,7 @@ class Driver:
                 self.evidence_total += 1
                 signer = action.evidence.first.signer
                 logger.warning("evidence of equivocation by validator %d", signer)
+                self._report_evidence(action.evidence)
             elif isinstance(action, Discard):
                 self._count(self.discards, action.reason.split(":", 1)[0])
             else:  # pragma: no cover - a new action type needs a branch
@@ -484,6 +505,7 @@ class Driver:
         self.state = applied.state
         self.checker.set_tip(self.state)
         self.mempool.update(self.state, applied.tx_hashes)
+        self._settle_evidence_txs(applied.diff)
         now = self.clock()
         self.last_progress_time = now
         height = self.state.height
@@ -497,6 +519,54 @@ class Driver:
         self.publish(BlockEvent(height, applied.block_hash, len(applied.tx_hashes)))
         for index, tx_hash in enumerate(applied.tx_hashes):
             self.publish(TxEvent(tx_hash, height, index))
+
+    # --- evidence on chain (node/evidence.py) ---------------------------------------------
+
+    def _report_evidence(self, evidence: Evidence) -> None:
+        """Sign and admit one EvidenceReport tx per (offender, view, seq); relayed as local."""
+        evidence_id = get_evidence_id(evidence)
+        if evidence_id in self.evidence_reported or is_evidence_recorded(self.state, evidence):
+            return
+        nonce = self.get_account(self.key.public_key).nonce  # next nonce past pending ones
+        tx_bytes = encode_tx(make_evidence_tx(self.key, self.genesis.chain_id, nonce, evidence))
+        result = self.submit_tx(tx_bytes)
+        self._count(self.evidence_reports, result.status)
+        accepted = result.status == "accepted"
+        self.evidence_reported[evidence_id] = result.tx_hash if accepted else None
+        while len(self.evidence_reported) > EVIDENCE_REPORTED_MAX:
+            self.evidence_reported.popitem(last=False)
+        logger.info("evidence tx against validator %d at view %d seq %d: %s",
+                    *evidence_id, result.status)
+
+    def _settle_evidence_txs(self, diff: Mapping[bytes, bytes | None]) -> None:
+        """After a block that recorded evidence: drop pending reports it made redundant.
+
+        Such a tx can never apply (``duplicate_evidence``) and would hold back its
+        sender's later txs, so every node evicts it; if this node's own report was one
+        and its later txs are pending, a zero self-transfer takes the freed nonce so
+        they stay a consecutive run.
+        """
+        if not any(key.startswith(EVIDENCE_RECORDS_PREFIX) for key in diff):
+            return
+        entries = self.state.entries
+
+        def is_redundant(tx: Transaction) -> bool:
+            if not isinstance(tx.body, EvidenceReport):
+                return False
+            try:
+                evidence_id = get_evidence_id(decode_evidence(tx.body.evidence))
+            except DecodeError:
+                return True  # can never apply either
+            return get_evidence_key(*evidence_id) in entries
+
+        evicted = self.mempool.evict_if(is_redundant, EVICT_EVIDENCE_RECORDED)
+        own = self.key.public_key
+        for tx in evicted:
+            if tx.sender != own:
+                continue
+            if any(n > tx.nonce for n in self.mempool.get_pending_nonces(own)):
+                filler = Transaction(own, tx.nonce, Transfer(own, 0))
+                self.submit_tx(encode_tx(sign_tx(self.key, self.genesis.chain_id, filler)))
 
     def _halt(self, seq: int, reason: str) -> None:
         self.halted = f"block {seq} was committed by consensus but fails to apply: {reason}"
@@ -723,6 +793,7 @@ class Driver:
             messages_dropped_total=self.get_dropped(),
             extra_gauges={
                 "bcfl_evidence_total": float(self.evidence_total),
+                "bcfl_evidence_txs_accepted_total": float(self.evidence_reports.get("accepted", 0)),
                 "bcfl_halted": 1.0 if self.halted else 0.0,
                 "bcfl_proposals_total": float(self.proposals_total),
                 "bcfl_stash_messages": float(usage["stash"]),

@@ -23,6 +23,9 @@ numbers are 8-byte big-endian so that byte order is numeric order.
 | ``s/r/`` public key(32)               | learning: reputation (ppm, u64 BE)          |
 | ``s/e/`` task(4) public key(32)       | learning: privacy spent (micro-epsilon + history) |
 | ``s/q/meta``, ``s/q/`` id(8)          | learning: governance counter; proposals     |
+| ``s/x/validators``                    | evidence: validator keys by index (node/evidence) |
+| ``s/x/r/`` offender(4) view(8) seq(8) | evidence: one equivocation record           |
+| ``s/x/c/`` offender(4)                | evidence: records against the offender (u64 BE) |
 | ``m/latest_height``                   | height(8)                                   |
 | ``m/latest_state_root``               | 32-byte state root                          |
 | ``m/genesis_hash``                    | 32-byte genesis hash (refuse a different genesis) |

@@ -32,6 +32,7 @@ from node.client import Client
 from node.commands._common import EXIT_OK, CommandError, load_home_config, run
 from node.commands.train import run_round
 from node.config import Config
+from node.evidence_api import get_evidence_routes
 from node.genesis import Genesis, GenesisError, load_genesis
 from node.hospital import HospitalAgent, load_hospital_data
 from node.keys import KeyFileError, KeyPair, load_key_file
@@ -210,7 +211,9 @@ def _run(
     run_node(
         trio_main,
         lambda bridge: create_app(
-            BridgeService(bridge, hub), config, extra_routes=get_learning_routes()
+            BridgeService(bridge, hub),
+            config,
+            extra_routes=[*get_learning_routes(), *get_evidence_routes()],
         ),
         http_host=config.api.listen_host,
         http_port=config.api.listen_port,

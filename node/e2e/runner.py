@@ -14,9 +14,11 @@ Checks, black box, after the run (each failure is a violation in the report):
   seen at the heal within ``recovery_max_s`` (the time taken is reported);
 - no crash: every process is alive unless the scenario killed it, and no log has a
   traceback; no honest node halted;
-- evidence: a Byzantine equivocator (``equivocate``/``double_vote``) is reported by some
-  honest node's log (``evidence of equivocation by validator i``), and no honest validator
-  is ever named in evidence.
+- evidence: a Byzantine equivocator (``equivocate``/``double_vote``) shows up in an honest
+  node's ``GET /v1/evidence`` (evidence on chain) within ``EVIDENCE_WAIT_S``; failing that,
+  in some honest node's log (``evidence of equivocation by validator i``), the fallback.
+  ``evidence_source`` in the result says which fired per offender. No honest validator is
+  ever named in evidence, on chain or in a log.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ STOP_GRACE_S = 5.0
 ACCOUNTS = 8
 API_TIMEOUT_S = 3.0
 CONVERGE_TIMEOUT_S = 30.0
+EVIDENCE_WAIT_S = 15.0
 EVIDENCE_RE = re.compile(r"evidence of equivocation by validator (\d+)")
 EQUIVOCATING_MODES = ("equivocate", "double_vote")
 # Fast timers so a scenario fits in seconds: 50 ms ticks, a view change after 1.5 s.
@@ -85,12 +88,16 @@ class Result:
     txs_committed: int = 0
     recovery_s: float | None = None
     evidence_against: dict[int, int] = field(default_factory=dict)
+    evidence_on_chain: dict[int, int] = field(default_factory=dict)
+    evidence_source: dict[int, str] = field(default_factory=dict)  # offender -> chain/log
     wall_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["byzantine"] = {str(k): v for k, v in self.byzantine.items()}
         data["evidence_against"] = {str(k): v for k, v in self.evidence_against.items()}
+        data["evidence_on_chain"] = {str(k): v for k, v in self.evidence_on_chain.items()}
+        data["evidence_source"] = {str(k): v for k, v in self.evidence_source.items()}
         return data
 
 
@@ -385,6 +392,7 @@ def run_scenario(manifest: Manifest, hosts: Hosts, workdir: Path, base_port: int
         _check_converged(result, cluster, honest)
         _check_agreement(result, cluster, honest)
         _check_durability(result, cluster, honest, load)
+        _check_chain_evidence(result, cluster, honest, manifest)
     finally:
         load.finish()
         cluster.stop_all()
@@ -465,6 +473,37 @@ def _check_durability(result: Result, cluster: Cluster, honest: list[int], load:
         result.violations.append(f"durability: {missing} missing (tx, node) pairs in all")
 
 
+def _read_chain_evidence(cluster: Cluster, honest: list[int]) -> dict[int, int]:
+    """Offender -> records on chain, as the first honest node that answers lists them."""
+    for i in honest:
+        try:
+            listing = cluster.clients[i].get_evidence()
+        except ClientError:
+            continue
+        counts: dict[int, int] = {}
+        for record in listing.get("evidence", []):
+            offender = int(record["offender_index"])
+            counts[offender] = counts.get(offender, 0) + 1
+        return counts
+    return {}
+
+
+def _check_chain_evidence(
+    result: Result, cluster: Cluster, honest: list[int], manifest: Manifest
+) -> None:
+    """Wait (bounded) until every equivocator is on chain; the log check is the fallback."""
+    wanted = {s for s, mode in manifest.byzantine.items() if mode in EQUIVOCATING_MODES}
+    deadline = time.monotonic() + (EVIDENCE_WAIT_S if wanted else 0.0)
+    counts = _read_chain_evidence(cluster, honest)
+    while not wanted <= set(counts) and time.monotonic() < deadline:
+        time.sleep(POLL_S * 5)
+        counts = _read_chain_evidence(cluster, honest)
+    result.evidence_on_chain = counts
+    for offender in counts:
+        if offender not in manifest.byzantine:
+            result.violations.append(f"evidence on chain against honest validator {offender}")
+
+
 def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
     evidence: dict[int, int] = {}
     for i in range(cluster.n):
@@ -488,6 +527,12 @@ def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
             result.violations.append(f"evidence against honest validator {signer} "
                                      f"({evidence[signer]} reports)")
     for signer, mode in manifest.byzantine.items():
-        if mode in EQUIVOCATING_MODES and not evidence.get(signer):
+        if mode not in EQUIVOCATING_MODES:
+            continue
+        if result.evidence_on_chain.get(signer):
+            result.evidence_source[signer] = "chain"
+        elif evidence.get(signer):
+            result.evidence_source[signer] = "log"
+        else:
             result.violations.append(f"no honest node reported evidence against the "
-                                     f"{mode} validator {signer}")
+                                     f"{mode} validator {signer} (not on chain, not in a log)")
