@@ -19,7 +19,10 @@ After each event, if the replica offers a proposal slot and a block is due (a fu
 block's worth of txs, or txs waiting for ``build_interval_ms``, or no progress for the
 empty-block interval, which is a third of the view-change timeout so the core's
 progress timer never fires on an idle but healthy chain), the primary builds the block on
-the post-state of the slot's parent and feeds ``Proposal``. Post-states of in-flight
+the post-state of the slot's parent and feeds ``Proposal``. It reaps only when it may
+propose what it reaps: a "full" mempool (it also counts txs in in-flight blocks and behind
+nonce gaps) that gave a partial block is not reaped again until a block's worth of new txs
+arrived, the slot moved, or the build interval ended. Post-states of in-flight
 blocks live in the checker (bounded), which gives pipelining for free.
 
 A committed block that fails ``apply_block`` can only come from a Byzantine primary whose
