@@ -60,6 +60,8 @@ class ConsensusConfig:
 class MempoolConfig:
     txs_max: int = field(default=50_000, metadata=_range(1, 10_000_000))
     size_max_bytes: int = field(default=256 * MIB, metadata=_range(KIB, 64 * 1024 * MIB))
+    # A local tx still pending this long after its relay is relayed again (backing off).
+    relay_retry_ms: int = field(default=1_000, metadata=_range(10, 600_000))
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,20 @@ the TTL.
 Txs from a local client are queued for relay to the other validators;
 :meth:`Mempool.take_relay_batch` takes a bounded batch, framed by
 :func:`encode_tx_batch`. Txs that came from a peer are not relayed again.
+A relay batch can be lost (transport queue full, stream reset), which would
+leave a nonce gap at the other validators and stall that sender's later txs,
+so a local tx still pending ``relay_retry_ms`` after it was relayed is relayed
+again, backing off (doubling up to ``relay_retry_max_ms``) until it leaves the
+pool (committed, stale or expired at the TTL); at most ``relay_retry_txs_max``
+retries go in one batch. Only a sender's lowest pending tx is retried (the
+others wait for it anyway), so an overloaded, slow chain does not multiply its
+relay traffic by resending every pending tx. Receivers drop a copy they hold by its hash before
+decoding it, so a retry costs them a hash and a lookup.
 """
 
 from __future__ import annotations
 
+import heapq
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -81,6 +91,7 @@ EVICT_STALE = "stale_nonce"
 EVICT_EXPIRED = "expired"
 
 _U32 = struct.Struct("<I")
+RETRY_SCAN_FACTOR = 4  # retry items looked at per retry a batch may carry
 
 
 @dataclass(frozen=True)
@@ -90,10 +101,15 @@ class MempoolConfig:
     nonce_gap_max: int = 64  # also bounds one sender's pending txs to nonce_gap_max + 1
     ttl_ms: int = 120_000
     signature_cache_size_max: int = 200_000
+    relay_retry_ms: int = 1_000  # a local tx still pending this long after its relay goes again
+    relay_retry_max_ms: int = 16_000  # the backoff (doubling per attempt) stops growing here
+    relay_retry_txs_max: int = 500  # retried txs per relay batch (new txs go first)
 
     def __post_init__(self) -> None:
         assert self.tx_count_max > 0 and self.size_max_bytes > 0
         assert self.nonce_gap_max >= 0 and self.ttl_ms > 0
+        assert 0 < self.relay_retry_ms <= self.relay_retry_max_ms
+        assert self.relay_retry_txs_max >= 0
 
 
 @dataclass(frozen=True)
@@ -118,12 +134,14 @@ class _Entry:
     cost: int
     admitted_ms: int
     seq: int  # admission order: decides sender order in reap
+    relay_attempts: int = 0  # local txs: how many times relayed so far
 
 
 @dataclass
 class MempoolMetrics:
     admitted: int = 0
     duplicates: int = 0
+    relay_retries: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     evicted: dict[str, int] = field(default_factory=dict)
 
@@ -148,6 +166,10 @@ class Mempool:
         self._by_sender: dict[bytes, dict[int, _Entry]] = {}
         self._reserved: dict[bytes, int] = {}  # sender -> sum of pending costs
         self._relay: deque[bytes] = deque()  # hashes of local txs not yet relayed
+        # (due_ms, seq, hash) of relayed local txs: relay again when due if still pending.
+        # One live item per pending local tx; items of txs gone meanwhile are skipped
+        # when popped and purged when they outnumber the pool (see _schedule_retry).
+        self._retry: list[tuple[int, int, bytes]] = []
         self._size_bytes = 0
         self._seq = 0
 
@@ -173,6 +195,8 @@ class Mempool:
             "mempool_admitted": self.metrics.admitted,
             "mempool_duplicates": self.metrics.duplicates,
             "mempool_relay_queue": len(self._relay),
+            "mempool_relay_retry_queue": len(self._retry),
+            "mempool_relay_retries": self.metrics.relay_retries,
         }
         for reason, count in sorted(self.metrics.rejected.items()):
             out[f"mempool_rejected_{reason}"] = count
@@ -196,14 +220,15 @@ class Mempool:
                 REJECT_OVERSIZE,
                 f"{len(tx_bytes)} bytes exceeds maximum {self.limits.tx_size_max_bytes}",
             )
-        try:
-            tx = decode_tx(tx_bytes, self.limits)
-        except DecodeError as exc:
-            return self._reject(REJECT_DECODE, str(exc))
+        # Duplicate first, by the hash of the bytes: a re-relayed copy costs no decode.
         tx_hash = get_tx_hash(tx_bytes)
         if tx_hash in self._by_hash:
             self.metrics.duplicates += 1
             return AdmitResult(tx_hash, None, "already pending", duplicate=True)
+        try:
+            tx = decode_tx(tx_bytes, self.limits)
+        except DecodeError as exc:
+            return self._reject(REJECT_DECODE, str(exc))
         if type(tx.body) not in TX_PROCESSORS:
             return self._reject(
                 REJECT_UNSUPPORTED, f"{type(tx.body).__name__} txs are not accepted"
@@ -379,8 +404,13 @@ class Mempool:
 
     # --- relay -------------------------------------------------------------------
 
-    def take_relay_batch(self, max_txs: int, max_bytes: int) -> list[bytes]:
-        """Local txs not yet relayed, oldest first, bounded by count and bytes."""
+    def take_relay_batch(self, max_txs: int, max_bytes: int, now_ms: int) -> list[bytes]:
+        """Local txs to relay, bounded by count and bytes: those never relayed, oldest
+        first, then (at most ``relay_retry_txs_max``) those whose retry is due.
+
+        Every tx returned counts as relayed at ``now_ms`` and is due again after its
+        backoff, so a batch the transport refuses or loses is retried like any other.
+        """
         out: list[bytes] = []
         size_bytes = 0
         while self._relay and len(out) < max_txs:
@@ -389,11 +419,62 @@ class Mempool:
                 self._relay.popleft()
                 continue
             if out and size_bytes + len(entry.tx_bytes) > max_bytes:
-                break
+                return out
             self._relay.popleft()
             out.append(entry.tx_bytes)
             size_bytes += len(entry.tx_bytes)
+            self._schedule_retry(entry, now_ms)
+        retried = 0
+        scanned = 0
+        # Bounded: each pass pops one item, at most RETRY_SCAN_FACTOR per retry allowed.
+        while (
+            self._retry
+            and len(out) < max_txs
+            and retried < self.config.relay_retry_txs_max
+            and scanned < RETRY_SCAN_FACTOR * max(self.config.relay_retry_txs_max, 1)
+        ):
+            scanned += 1
+            due_ms, seq, tx_hash = self._retry[0]
+            if due_ms > now_ms:
+                break
+            entry = self._by_hash.get(tx_hash)
+            if entry is None or entry.seq != seq:  # gone (committed, stale, expired)
+                heapq.heappop(self._retry)
+                continue
+            if entry.tx.nonce != min(self._by_sender[entry.tx.sender]):
+                # Behind its sender's lowest pending tx, it cannot apply before that one
+                # does: resending it now would only multiply traffic under load. Look
+                # again later; the lowest one (the gap a lost batch leaves) goes first.
+                heapq.heapreplace(
+                    self._retry, (now_ms + self.config.relay_retry_ms, seq, tx_hash)
+                )
+                continue
+            if out and size_bytes + len(entry.tx_bytes) > max_bytes:
+                break
+            heapq.heappop(self._retry)
+            out.append(entry.tx_bytes)
+            size_bytes += len(entry.tx_bytes)
+            retried += 1
+            self._schedule_retry(entry, now_ms)
+        self.metrics.relay_retries += retried
         return out
+
+    def _schedule_retry(self, entry: _Entry, now_ms: int) -> None:
+        entry.relay_attempts += 1
+        backoff_ms = min(
+            self.config.relay_retry_ms << min(entry.relay_attempts - 1, 32),
+            self.config.relay_retry_max_ms,
+        )
+        if len(self._retry) >= 2 * len(self._by_hash) + 1024:
+            # Mostly items of txs that left the pool: keep the live ones only.
+            self._retry = [item for item in self._retry if self._is_retry_live(item)]
+            heapq.heapify(self._retry)
+        heapq.heappush(self._retry, (now_ms + backoff_ms, entry.seq, entry.tx_hash))
+        assert len(self._retry) <= 2 * len(self._by_hash) + 1025
+
+    def _is_retry_live(self, item: tuple[int, int, bytes]) -> bool:
+        entry = self._by_hash.get(item[2])
+        return entry is not None and entry.seq == item[1]
 
 
 def encode_tx_batch(txs: Sequence[bytes]) -> bytes:

@@ -20,7 +20,10 @@ After each event, if the replica offers a proposal slot and a block is due (a fu
 block's worth of txs, or txs waiting for ``build_interval_ms``, or no progress for the
 empty-block interval, which is a third of the view-change timeout so the core's
 progress timer never fires on an idle but healthy chain), the primary builds the block on
-the post-state of the slot's parent and feeds ``Proposal``. Post-states of in-flight
+the post-state of the slot's parent and feeds ``Proposal``. It reaps only when it may
+propose what it reaps: a "full" mempool (it also counts txs in in-flight blocks and behind
+nonce gaps) that gave a partial block is not reaped again until a block's worth of new txs
+arrived, the slot moved, or the build interval ended. Post-states of in-flight
 blocks live in the checker (bounded), which gives pipelining for free.
 
 A committed block that fails ``apply_block`` can only come from a Byzantine primary whose
@@ -76,7 +79,7 @@ from consensus.messages import (
     Vote,
 )
 from consensus.messages import CommitCertificate as ConsensusCertificate
-from consensus.replica import Replica
+from consensus.replica import ProposalSlot, Replica
 from node import schema
 from node.app import BlockChecker, NodeAuthenticator
 from node.chain import ChainStore, ChainStoreError
@@ -329,7 +332,10 @@ class Driver:
             genesis.chain_id,
             limits,
             MempoolConfig(
-                tx_count_max=config.mempool.txs_max, size_max_bytes=config.mempool.size_max_bytes
+                tx_count_max=config.mempool.txs_max,
+                size_max_bytes=config.mempool.size_max_bytes,
+                relay_retry_ms=config.mempool.relay_retry_ms,
+                relay_retry_max_ms=max(16 * config.mempool.relay_retry_ms, 16_000),
             ),
             validator_count=len(genesis.validators),
         )
@@ -361,6 +367,8 @@ class Driver:
         self.last_proposal_time = now
         self.last_progress_time = now
         self.next_build_check = now
+        # (slot, admitted count) after a "full" reap gave a partial block: see _defer_full_reap.
+        self.full_reap_deferral: tuple[ProposalSlot, int] | None = None
         self.seen_times: dict[int, float] = {}
         self.latency = LatencyHistogram()
         self.evidence: deque[Evidence] = deque(maxlen=EVIDENCE_KEPT_MAX)
@@ -593,7 +601,7 @@ class Driver:
         empty_due = now - max(self.last_progress_time, self.last_proposal_time) >= (
             self.empty_block_interval_s
         )
-        full = len(self.mempool) >= self.block_txs_max
+        full = len(self.mempool) >= self.block_txs_max and not self._is_full_reap_deferred(slot)
         if not (empty_due or full) and (
             now < self.next_build_check or not len(self.mempool)
         ):
@@ -601,11 +609,14 @@ class Driver:
         txs = self.mempool.reap(self.block_txs_max, self.block_size_max_bytes - 4096, parent_state)
         if not txs and not empty_due:
             self.next_build_check = now + self.build_interval_s
+            self._defer_full_reap(slot, 0)
             return False
         if not empty_due and len(txs) < self.block_txs_max and (
             now - self.last_proposal_time < self.build_interval_s
         ):
+            self._defer_full_reap(slot, len(txs))
             return False
+        self.full_reap_deferral = None
         built = build_block(
             parent_state,
             txs,
@@ -624,6 +635,23 @@ class Driver:
         actions = self.replica.handle(Proposal(slot.view, slot.seq, slot.parent_digest, payload))
         self.execute(actions)
         return self.replica.get_proposal_slot() != slot
+
+    def _defer_full_reap(self, slot: ProposalSlot, reaped: int) -> None:
+        """A "full" mempool gave a partial block: it also counts txs in in-flight blocks
+        and behind nonce gaps. Reap again for fullness only once enough new txs came in
+        to fill the block, or the slot moved; the build interval still applies."""
+        needed = self.block_txs_max - reaped
+        assert needed > 0
+        self.full_reap_deferral = (slot, self.mempool.metrics.admitted + needed)
+
+    def _is_full_reap_deferred(self, slot: ProposalSlot) -> bool:
+        if self.full_reap_deferral is None:
+            return False
+        deferred_slot, admitted_target = self.full_reap_deferral
+        if deferred_slot != slot or self.mempool.metrics.admitted >= admitted_target:
+            self.full_reap_deferral = None
+            return False
+        return True
 
     # --- ticks -------------------------------------------------------------------------
 
@@ -666,7 +694,9 @@ class Driver:
             self.mempool.admit(tx, self.state, now_ms, SOURCE_PEER)
 
     def take_relay_frame(self) -> bytes | None:
-        batch = self.mempool.take_relay_batch(RELAY_BATCH_TXS_MAX, RELAY_BATCH_BYTES_MAX)
+        batch = self.mempool.take_relay_batch(
+            RELAY_BATCH_TXS_MAX, RELAY_BATCH_BYTES_MAX, self.wall_ms()
+        )
         return encode_tx_batch(batch) if batch else None
 
     # --- catch-up ----------------------------------------------------------------------

@@ -152,13 +152,13 @@ def test_relay_takes_local_txs_once_in_bounded_batches() -> None:
     for tx in local:
         assert pool.admit(tx, STATE, 0, SOURCE_LOCAL).ok
     assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
-    assert pool.take_relay_batch(2, 10**6) == local[:2]
-    assert pool.take_relay_batch(10, 10**6) == local[2:]
-    assert pool.take_relay_batch(10, 10**6) == []
+    assert pool.take_relay_batch(2, 10**6, 0) == local[:2]
+    assert pool.take_relay_batch(10, 10**6, 0) == local[2:]
+    assert pool.take_relay_batch(10, 10**6, 0) == []
     # One tx goes out even if it alone is over the byte budget; then it stops.
     for n in range(3, 5):
         assert pool.admit(make_transfer(0, n, 1, 1), STATE, 0, SOURCE_LOCAL).ok
-    assert len(pool.take_relay_batch(10, 1)) == 1
+    assert len(pool.take_relay_batch(10, 1, 0)) == 1
 
 
 def test_tx_batch_round_trip_and_strict_decoding() -> None:

@@ -1,0 +1,147 @@
+"""Re-relay of local txs whose relay batch was lost: mempool-level and in a cluster."""
+
+from __future__ import annotations
+
+import pytest
+from node_harness import Cluster, transfer
+
+from node import mempool as mempool_module
+from node.codec import get_tx_hash
+from node.ledger import get_genesis_state
+from node.mempool import (
+    KIND_TX_BATCH,
+    SOURCE_LOCAL,
+    SOURCE_PEER,
+    Mempool,
+    MempoolConfig,
+    decode_tx_batch,
+)
+from tests.ledger.helpers import CHAIN_ID as LEDGER_CHAIN_ID
+from tests.ledger.helpers import KEYS
+from tests.ledger.helpers import make_genesis as make_ledger_genesis
+from tests.ledger.helpers import make_transfer as make_ledger_transfer
+
+
+def make_pool(cluster: Cluster, **config: int) -> Mempool:
+    return Mempool(cluster.genesis.chain_id, config=MempoolConfig(**config))
+
+
+def test_a_pending_local_tx_is_relayed_again_with_backoff_until_it_commits() -> None:
+    cluster = Cluster()
+    state = get_genesis_state(cluster.genesis)
+    pool = make_pool(cluster, relay_retry_ms=1_000, relay_retry_max_ms=4_000)
+    tx = transfer(0, 0)
+    assert pool.admit(tx, state, 0, SOURCE_LOCAL).ok
+    assert pool.take_relay_batch(10, 10**6, 0) == [tx]  # first relay (lost, say)
+    assert pool.take_relay_batch(10, 10**6, 999) == []
+    assert pool.take_relay_batch(10, 10**6, 1_000) == [tx]  # due after relay_retry_ms
+    assert pool.take_relay_batch(10, 10**6, 2_999) == []  # backoff doubled: 2 s
+    assert pool.take_relay_batch(10, 10**6, 3_000) == [tx]
+    assert pool.take_relay_batch(10, 10**6, 6_999) == []  # 4 s, the cap
+    assert pool.take_relay_batch(10, 10**6, 7_000) == [tx]
+    assert pool.take_relay_batch(10, 10**6, 11_000) == [tx]  # stays at the cap
+    assert pool.get_metrics()["mempool_relay_retries"] == 4
+    pool.update(state, [get_tx_hash(tx)])  # committed: never relayed again
+    assert pool.take_relay_batch(10, 10**6, 100_000) == []
+    assert pool.get_metrics()["mempool_relay_retry_queue"] == 0
+
+
+def test_peer_txs_are_never_re_relayed() -> None:
+    cluster = Cluster()
+    state = get_genesis_state(cluster.genesis)
+    pool = make_pool(cluster)
+    assert pool.admit(transfer(1, 0), state, 0, SOURCE_PEER).ok
+    assert pool.take_relay_batch(10, 10**6, 0) == []
+    assert pool.take_relay_batch(10, 10**6, 60_000) == []
+
+
+def test_retries_per_batch_are_bounded_and_new_txs_go_first() -> None:
+    balances = {i: 1_000 for i in range(len(KEYS))}
+    state = get_genesis_state(make_ledger_genesis(balances))
+    pool = Mempool(LEDGER_CHAIN_ID, config=MempoolConfig(relay_retry_txs_max=3))
+    old = [make_ledger_transfer(sender, 0, 0, 1) for sender in range(1, 8)]
+    for tx in old:
+        assert pool.admit(tx, state, 0, SOURCE_LOCAL).ok
+    assert pool.take_relay_batch(100, 10**6, 0) == old
+    new = make_ledger_transfer(0, 0, 1, 1)
+    assert pool.admit(new, state, 1_000, SOURCE_LOCAL).ok
+    assert pool.take_relay_batch(100, 10**6, 1_000) == [new, *old[:3]]
+    assert pool.take_relay_batch(100, 10**6, 1_000) == old[3:6]
+    assert pool.take_relay_batch(0, 10**6, 1_000) == []  # the count bound holds too
+    assert pool.take_relay_batch(100, 10**6, 1_000) == old[6:]
+    assert pool.take_relay_batch(100, 10**6, 1_000) == []
+
+
+def test_only_a_senders_lowest_pending_tx_is_retried() -> None:
+    cluster = Cluster()
+    state = get_genesis_state(cluster.genesis)
+    pool = make_pool(cluster)
+    txs = [transfer(0, n) for n in range(3)]
+    for tx in txs:
+        assert pool.admit(tx, state, 0, SOURCE_LOCAL).ok
+    assert pool.take_relay_batch(10, 10**6, 0) == txs
+    assert pool.take_relay_batch(10, 10**6, 1_000) == txs[:1]  # the others wait behind it
+    pool.update(state, [get_tx_hash(txs[0])])  # it committed: the next one is the lowest
+    assert pool.take_relay_batch(10, 10**6, 2_000) == txs[1:2]
+
+
+def test_a_duplicate_is_answered_from_its_hash_without_decoding_or_verifying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = Cluster()
+    state = get_genesis_state(cluster.genesis)
+    pool = make_pool(cluster)
+    tx = transfer(0, 0)
+    assert pool.admit(tx, state, 0, SOURCE_PEER).ok
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a duplicate was decoded or verified again")
+
+    monkeypatch.setattr(mempool_module, "decode_tx", must_not_run)
+    monkeypatch.setattr(mempool_module, "verify_tx_signature", must_not_run)
+    result = pool.admit(tx, state, 10, SOURCE_PEER)
+    assert result.duplicate and result.tx_hash == get_tx_hash(tx)
+
+
+def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits() -> None:
+    cluster = Cluster()
+    origin = 2  # not the primary of view 0, so only a relay gets its txs into a block
+    assert cluster.drivers[0].replica.get_proposal_slot() is not None
+    relayed: list[list[bytes]] = []
+    lost = 0
+
+    def lose_the_first_batch(sender: int, to: int, frame: bytes) -> bool:
+        nonlocal lost
+        if sender != origin or frame[0] != KIND_TX_BATCH:
+            return True
+        relayed.append(decode_tx_batch(frame))
+        if lost < 3:  # the first batch, to each of the 3 peers
+            lost += 1
+            return False
+        return True
+
+    cluster.filter = lose_the_first_batch
+    txs = [transfer(0, n) for n in range(3)]
+    for tx in txs:
+        assert cluster.drivers[origin].submit_tx(tx).status == "accepted"
+    hashes = [get_tx_hash(tx) for tx in txs]
+
+    def is_committed_everywhere() -> bool:
+        return all(
+            (status := d.get_tx(h)) is not None and status.status == "committed"
+            for d in cluster.drivers
+            for h in hashes
+        )
+
+    # Relay retry after 1 s = 20 steps of 50 ms; well before any TTL or view change.
+    cluster.run_until(is_committed_everywhere, steps_max=200)
+    assert lost == 3
+    assert relayed[0] == txs
+    assert relayed[3] == txs[:1]  # the retry: the gap first; the others follow it in order
+    retries = cluster.drivers[origin].mempool.get_metrics()["mempool_relay_retries"]
+    assert retries >= 3
+    batches = len(relayed)
+    for _ in range(200):  # 10 s: committed txs are not relayed again
+        cluster.step()
+    assert len(relayed) == batches
+    assert cluster.drivers[origin].mempool.get_metrics()["mempool_relay_retries"] == retries
