@@ -313,24 +313,35 @@ def _not_allowed(name: str, reason: str) -> NoReturn:
     raise ApiError(400, "bad_request", f"{name}: {reason}")
 
 
-async def read_tx_bytes(request: web.Request) -> bytes:
-    """The raw tx from a JSON ``{"tx": hex}`` or an ``application/octet-stream`` body."""
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, refused with 413 when it declares more than the configured limit."""
     limit = request.app[SETTINGS_KEY].config.api.request_size_max_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "request_too_large",
                        f"body of {request.content_length} bytes exceeds maximum {limit}")
-    body = await request.read()  # aiohttp enforces client_max_size (413) too
-    if request.content_type == "application/octet-stream":
-        return body
+    return await request.read()  # aiohttp enforces client_max_size (413) too
+
+
+def _parse_json_object(body: bytes, fields: frozenset[str]) -> dict[str, Any]:
+    """A JSON object body with no fields outside ``fields``; 400 naming what is wrong."""
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         _not_allowed("body", f"expected a JSON object, got {type(document).__name__}")
-    unknown = sorted(set(document) - {"tx"})
+    unknown = sorted(set(document) - fields)
     if unknown:
         _not_allowed(f"body.{unknown[0]}", "unknown field")
+    return document
+
+
+async def read_tx_bytes(request: web.Request) -> bytes:
+    """The raw tx from a JSON ``{"tx": hex}`` or an ``application/octet-stream`` body."""
+    body = await _read_body(request)
+    if request.content_type == "application/octet-stream":
+        return body
+    document = _parse_json_object(body, frozenset({"tx"}))
     tx_hex = document.get("tx")
     if not isinstance(tx_hex, str):
         _not_allowed("body.tx", "expected a hex string")
@@ -361,20 +372,7 @@ async def handle_submit_tx(request: web.Request) -> web.Response:
 
 async def read_tx_batch(request: web.Request) -> list[str]:
     """The hex txs of a ``{"txs": [hex, ...]}`` body (at most SUBMIT_BATCH_TXS_MAX)."""
-    limit = request.app[SETTINGS_KEY].config.api.request_size_max_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "request_too_large",
-                       f"body of {request.content_length} bytes exceeds maximum {limit}")
-    body = await request.read()
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        _not_allowed("body", f"expected a JSON object, got {type(document).__name__}")
-    unknown = sorted(set(document) - {"txs"})
-    if unknown:
-        _not_allowed(f"body.{unknown[0]}", "unknown field")
+    document = _parse_json_object(await _read_body(request), frozenset({"txs"}))
     txs = document.get("txs")
     if not isinstance(txs, list) or not txs:
         _not_allowed("body.txs", "expected a non-empty list of hex strings")
