@@ -21,6 +21,7 @@ from node.genesis import load_genesis
 from node.keys import KeyPair, load_key_file, save_key_file
 from tests.api.conftest import serve_app
 from tests.api.fakes import FakeNodeService
+from tests.ports import find_free_port_block
 
 CHAIN = "test-chain"
 ALICE = KeyPair.from_seed(b"a" * 32)
@@ -130,7 +131,7 @@ def test_init_creates_the_layout_and_refuses_to_overwrite(
 
 def test_testnet_writes_n_homes_with_one_valid_genesis(tmp_path: Path) -> None:
     out = tmp_path / "net"
-    base = _free_port_block(8)
+    base = find_free_port_block(8)
     assert testnet.main(["--validators", "4", "--output", str(out), "--chain-id", "c1",
                          "--base-port", str(base), "--accounts", "2",
                          "--institutions", "h-a", "h-b:trainer"]) == 0
@@ -155,23 +156,6 @@ def test_testnet_writes_n_homes_with_one_valid_genesis(tmp_path: Path) -> None:
         assert balances[load_key_file(path).public_key] > 0
     # a second run into the same directory refuses
     assert testnet.main(["--validators", "4", "--output", str(out), "--skip-port-check"]) == 1
-
-
-def _free_port_block(count: int) -> int:
-    for _ in range(50):
-        base = _free_port()
-        if base + count < 65535 and all(_is_free(base + k) for k in range(count)):
-            return base
-    raise AssertionError("no free port block")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_testnet_validates_n_and_ports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from node.commands.e2e import get_broken_build_manifest, get_suite, make_hosts
 from node.e2e.hosts import NamespaceHosts
 from node.e2e.manifest import Manifest, ManifestError, generate_manifest, parse_manifest
 from node.e2e.runner import Result, run_scenario
+from tests.ports import find_free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(manifest: Manifest, tmp_path: Path) -> Result:
     hosts = make_hosts("auto", manifest.validators, tmp_path)
     try:
-        result = run_scenario(manifest, hosts, tmp_path, random.randrange(20_000, 50_000, 2))
+        base_port = find_free_port_block(2 * manifest.validators)
+        result = run_scenario(manifest, hosts, tmp_path, base_port)
     finally:
         hosts.close()
     if isinstance(hosts, NamespaceHosts):

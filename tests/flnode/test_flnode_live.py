@@ -20,6 +20,7 @@ from node.client import Client, ClientError
 from node.commands import demo, testnet, train
 from node.hospital import HospitalAgent, TrainSettings, load_hospital_data, write_hospital_csvs
 from node.keys import load_key_file
+from tests.ports import find_free_port_block
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ WAIT_S = 60.0
 
 def test_the_demo_trains_a_model_as_good_as_central_training(tmp_path: Path) -> None:
     """The real demo (20 rounds), not a shortened one: it fits in about two minutes."""
-    base = demo.find_free_base_port(27100, 8)
+    base = find_free_port_block(8)
     assert demo.main(["--out", str(tmp_path), "--base-port", str(base)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rounds"] == 20
@@ -67,7 +68,7 @@ def budget_net(tmp_path: Path) -> Iterator[tuple[Path, list[str], float]]:
     two = compute_composed_epsilon_micro([entry, entry], 1e-5) / 1e6
     assert two > one * 1.2
     directory = tmp_path / "net"
-    base = demo.find_free_base_port(27300, 8)
+    base = find_free_port_block(8)
     assert testnet.main(["-n", "4", "-o", str(directory), "--base-port", str(base),
                          "--round-blocks", "4", "--epsilon-budget", f"{one * 1.2:.6f}"]) == 0
     with demo.running_localnet(directory, base) as urls:
@@ -135,7 +136,7 @@ def _stale_view(agent: HospitalAgent, number: int) -> tuple[object, dict[str, ob
 def test_validators_that_train_and_attest_themselves_advance_the_model(tmp_path: Path) -> None:
     """Fully coupled: each node's config.toml [learning] runs its hospital's agent."""
     directory = tmp_path / "net"
-    base = demo.find_free_base_port(27500, 8)
+    base = find_free_port_block(8)
     assert testnet.main(["-n", "4", "-o", str(directory), "--base-port", str(base),
                          "--learning-mode", "train+attest"]) == 0
     assert 'mode = "train+attest"' in (directory / "node0" / "config" / "config.toml").read_text()

@@ -4,7 +4,6 @@ strangers, bad requests. Every wait is bounded; nothing here asserts on speed.""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,25 +17,14 @@ import trio
 
 from node.client import Client, ClientError, make_transfer
 from node.commands.localnet import get_homes, read_pid, start_node
-from node.commands.testnet import find_ports_in_use
 from node.genesis import load_genesis
 from node.keys import KeyPair, load_key_file
 from node.transport import Transport, ValidatorAddress
+from tests.ports import find_free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
 N = 4
-
-
-
-
-def find_base_port(count: int) -> int:
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20_000, 55_000, 2)
-        if not find_ports_in_use("127.0.0.1", list(range(base, base + count))):
-            return base
-    raise AssertionError("no free port range")
 
 
 def bcfl(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -98,7 +86,7 @@ def _is_gone(pid: int) -> bool:
 @pytest.fixture
 def localnet(tmp_path: Path) -> Iterator[Net]:
     directory = tmp_path / "net"
-    base = find_base_port(2 * N)
+    base = find_free_port_block(2 * N)
     up = bcfl("localnet", "up", "--dir", str(directory), "--validators", str(N),
               "--base-port", str(base), "--timeout", str(WAIT_S))
     try:
@@ -178,7 +166,7 @@ def test_localnet_commits_agrees_and_refuses_strangers_and_bad_requests(localnet
     validators = [ValidatorAddress(i, v.public_key, v.p2p_host, v.p2p_port)
                   for i, v in enumerate(net.genesis.validators)]
     height_before = net.height(0)
-    stranger_metrics = _run_stranger(validators, find_base_port(2))
+    stranger_metrics = _run_stranger(validators, find_free_port_block(2))
     assert stranger_metrics["connected_peers"] == []
     metrics = net.clients[0].get_metrics()
     refused = _get_metric(metrics, 'bcfl_messages_dropped_total{reason="refused_connection"}')
@@ -223,7 +211,7 @@ def test_start_refuses_a_second_node_on_a_running_home(localnet: Net) -> None:
 
 @pytest.mark.parametrize("breakage", ["missing_home", "open_key", "bad_genesis", "bad_config"])
 def test_start_explains_why_it_cannot_start(tmp_path: Path, breakage: str) -> None:
-    base = find_base_port(2 * N)
+    base = find_free_port_block(2 * N)
     made = bcfl("testnet", "-n", str(N), "-o", str(tmp_path / "net"), "--base-port", str(base))
     assert made.returncode == 0, made.stderr
     home = tmp_path / "net" / "node0"
