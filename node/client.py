@@ -65,6 +65,24 @@ def _error_from_body(status: int, body: bytes) -> ClientError:
         return ClientError(status, "http_error", text or f"HTTP {status}")
 
 
+def _check_size(size: int, path: str) -> None:
+    if size > RESPONSE_SIZE_MAX_BYTES:
+        raise ClientError(None, "bad_response",
+                          f"{path}: response over {RESPONSE_SIZE_MAX_BYTES} bytes")
+
+
+async def _read_body(response: aiohttp.ClientResponse, path: str) -> bytes:
+    """The whole body, refused past the limit. (``content.read(n)`` would return only what
+    is buffered so far, which cut large responses short.)"""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        _check_size(size, path)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _block_path(height: int | str | None) -> str:
     return f"/v1/blocks/{'latest' if height is None else height}"
 
@@ -83,7 +101,8 @@ class Client:
             request.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read(RESPONSE_SIZE_MAX_BYTES)
+                raw = response.read(RESPONSE_SIZE_MAX_BYTES + 1)
+            _check_size(len(raw), path)
         except urllib.error.HTTPError as exc:
             raise _error_from_body(exc.code, exc.read(RESPONSE_SIZE_MAX_BYTES)) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -245,7 +264,7 @@ class AsyncClient:
             async with self._get_session().request(
                 method, self.url + path, data=body, headers=headers
             ) as response:
-                raw = await response.content.read(RESPONSE_SIZE_MAX_BYTES)
+                raw = await _read_body(response, path)
                 status = response.status
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             raise ClientError(None, "unreachable", f"cannot reach {self.url}: {exc}") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from node.api import create_app
@@ -77,6 +78,46 @@ def test_unreachable_node_is_a_clear_client_error() -> None:
     with pytest.raises(ClientError) as excinfo:
         Client(f"http://127.0.0.1:{_free_port()}", timeout_s=2).get_status()
     assert excinfo.value.code == "unreachable" and "cannot reach" in str(excinfo.value)
+
+
+def test_both_clients_read_a_large_streamed_body_whole_and_refuse_one_over_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block of thousands of txs is a JSON body of megabytes that arrives in many chunks;
+    reading only what was buffered once made it look like "not JSON" (bench at N = 7)."""
+    hashes = [f"{k:064x}" for k in range(40_000)]  # ~2.7 MB
+
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        body = json.dumps({"height": 7, "tx_hashes": hashes}).encode()
+        for start in range(0, len(body), 10_000):
+            await response.write(body[start:start + 10_000])
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
+
+    async def body() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/blocks/7", streamed)
+        server = TestServer(app)
+        await server.start_server()
+        url = str(server.make_url("")).rstrip("/")
+        try:
+            async with AsyncClient(url) as client:
+                assert (await client.get_block(7))["tx_hashes"] == hashes
+            sync_block = await asyncio.to_thread(Client(url).get_block, 7)
+            assert sync_block["tx_hashes"] == hashes
+            monkeypatch.setattr("node.client.RESPONSE_SIZE_MAX_BYTES", 1_000_000)
+            async with AsyncClient(url) as client:
+                with pytest.raises(ClientError, match="over 1000000 bytes"):
+                    await client.get_block(7)
+            with pytest.raises(ClientError, match="over 1000000 bytes"):
+                await asyncio.to_thread(Client(url).get_block, 7)
+        finally:
+            await server.close()
+
+    asyncio.run(body())
 
 
 def test_async_client_submits_concurrently() -> None:
