@@ -136,6 +136,7 @@ def get_block_json(info: BlockInfo, include_encoded: bool = True) -> dict[str, A
         "state_root": header.state_root.hex(),
         "proposer_index": header.proposer_index,
         "time_ms": header.time_ms,
+        "committed_time_ms": info.committed_time_ms,
         "tx_count": len(info.tx_hashes),
         "tx_hashes": [tx_hash.hex() for tx_hash in info.tx_hashes],
         "encoded": info.block_bytes.hex() if include_encoded else None,
@@ -634,8 +635,8 @@ SCHEMAS: dict[str, Any] = {
     "Block": {
         "type": "object",
         "required": ["height", "hash", "chain_id", "view", "parent_hash", "tx_root",
-                     "state_root", "proposer_index", "time_ms", "tx_count", "tx_hashes",
-                     "encoded", "certificate"],
+                     "state_root", "proposer_index", "time_ms", "committed_time_ms", "tx_count",
+                     "tx_hashes", "encoded", "certificate"],
         "properties": {
             "height": _U64,
             "hash": _HEX32,
@@ -646,6 +647,8 @@ SCHEMAS: dict[str, Any] = {
             "state_root": _HEX32,
             "proposer_index": _U64,
             "time_ms": _U64,
+            "committed_time_ms": {**_U64, "nullable": True, "description":
+                                  "this node's wall clock at commit (ms); local, not agreed"},
             "tx_count": _U64,
             "tx_hashes": {"type": "array", "items": _HEX32},
             "encoded": {**_HEX, "nullable": True,

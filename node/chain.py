@@ -85,8 +85,12 @@ class ChainStore:
         certificate: CommitCertificate,
         diff: Mapping[bytes, bytes | None],
         new_state: State,
+        commit_time_ms: int | None = None,
     ) -> None:
-        """Write a block the ledger accepted, and everything it changed, in one synced batch."""
+        """Write a block the ledger accepted, and everything it changed, in one synced batch.
+
+        ``commit_time_ms`` (this node's wall clock) is kept beside the block for latency
+        measurements; it is local, so it is in no hash and no two nodes need agree on it."""
         header = block.header
         height = header.height
         latest = self.get_latest_height()
@@ -103,6 +107,8 @@ class ChainStore:
             (schema.LATEST_HEIGHT_KEY, schema.encode_height(height)),
             (schema.LATEST_STATE_ROOT_KEY, header.state_root),
         ]
+        if commit_time_ms is not None:
+            puts.append((schema.get_commit_time_key(height), schema.encode_height(commit_time_ms)))
         for index, tx in enumerate(block.txs):
             puts.append(
                 (schema.get_tx_key(get_tx_hash(tx)), schema.encode_tx_location(height, index))
@@ -126,6 +132,10 @@ class ChainStore:
     def get_block_by_hash(self, block_hash: bytes) -> Block | None:
         value = self.store.get(schema.get_block_hash_key(block_hash))
         return None if value is None else self.get_block(schema.decode_height(value))
+
+    def get_commit_time_ms(self, height: int) -> int | None:
+        raw = self.store.get(schema.get_commit_time_key(height))
+        return None if raw is None else schema.decode_height(raw)
 
     def get_certificate(self, height: int) -> CommitCertificate | None:
         raw = self.store.get(schema.get_certificate_key(height))

@@ -509,7 +509,9 @@ class Driver:
     def _commit(
         self, payload: bytes, block: Block, applied: AppliedBlock, cert: CommitCertificate
     ) -> None:
-        self.chain.commit_block(payload, block, cert, applied.diff, applied.state)
+        self.chain.commit_block(
+            payload, block, cert, applied.diff, applied.state, self.wall_ms()
+        )
         self.state = applied.state
         self.checker.set_tip(self.state)
         self.mempool.update(self.state, applied.tx_hashes)
@@ -761,6 +763,7 @@ class Driver:
             tx_hashes=tuple(get_tx_hash(tx) for tx in block.txs),
             block_bytes=raw,
             certificate=self.chain.get_certificate(height),
+            committed_time_ms=self.chain.get_commit_time_ms(height),
         )
 
     def get_status(self) -> NodeStatus:
@@ -832,8 +835,22 @@ class Driver:
                 # Wire cost per committed tx (benchmarks): payload bytes handed to streams.
                 "bcfl_transport_bytes_sent_total": float(sum(p["bytes_sent"] for p in peers)),
                 "bcfl_transport_frames_sent_total": float(sum(p["frames_sent"] for p in peers)),
+                **self._get_mempool_counters(),
             },
         )
+
+    def _get_mempool_counters(self) -> dict[str, float]:
+        """Admission outcomes: under load, why txs wait or vanish shows here first."""
+        m = self.mempool.metrics
+        counters = {
+            "bcfl_mempool_admitted_total": float(m.admitted),
+            "bcfl_mempool_duplicates_total": float(m.duplicates),
+            "bcfl_mempool_relay_retries_total": float(m.relay_retries),
+        }
+        for reason, count in m.rejected.items():  # a fixed set of reason codes
+            name = "".join(c if c.isalnum() else "_" for c in reason.lower())
+            counters[f"bcfl_mempool_rejected_{name}_total"] = float(count)
+        return counters
 
 
 class Node:

@@ -26,6 +26,7 @@ numbers are 8-byte big-endian so that byte order is numeric order.
 | ``s/x/validators``                    | evidence: validator keys by index (node/evidence) |
 | ``s/x/r/`` offender(4) view(8) seq(8) | evidence: one equivocation record           |
 | ``s/x/c/`` offender(4)                | evidence: records against the offender (u64 BE) |
+| ``l/`` height(8)                      | local wall clock at commit, ms (never hashed) |
 | ``m/latest_height``                   | height(8)                                   |
 | ``m/latest_state_root``               | 32-byte state root                          |
 | ``m/genesis_hash``                    | 32-byte genesis hash (refuse a different genesis) |
@@ -44,6 +45,7 @@ TX_PREFIX = b"t/"
 STATE_PREFIX = b"s/"
 ACCOUNT_PREFIX = STATE_PREFIX + b"a/"
 META_PREFIX = b"m/"
+COMMIT_TIME_PREFIX = b"l/"
 
 # Learning state areas (node/learning): one byte each, under STATE_PREFIX.
 AREA_FL_INSTITUTIONS = b"i"
@@ -78,6 +80,7 @@ ALL_PREFIXES = (
     TX_PREFIX,
     STATE_PREFIX,
     META_PREFIX,
+    COMMIT_TIME_PREFIX,
     WAL_PREFIX,
 )
 assert len({p[:1] for p in ALL_PREFIXES}) == len(ALL_PREFIXES), "prefixes must not overlap"
@@ -115,6 +118,10 @@ def get_block_key(height: int) -> bytes:
 
 def get_certificate_key(height: int) -> bytes:
     return CERTIFICATE_PREFIX + encode_height(height)
+
+
+def get_commit_time_key(height: int) -> bytes:
+    return COMMIT_TIME_PREFIX + encode_height(height)
 
 
 def get_block_hash_key(block_hash: bytes) -> bytes:

@@ -92,6 +92,8 @@ class BlockInfo:
     tx_hashes: tuple[bytes, ...]
     block_bytes: bytes
     certificate: CommitCertificate | None
+    # This node's wall clock when it committed the block (None: not recorded, e.g. genesis).
+    committed_time_ms: int | None = None
 
 
 @dataclass(frozen=True)

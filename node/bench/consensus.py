@@ -17,16 +17,20 @@ funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
   (``CLOSED_LOOP_REQUESTS`` requests in flight per loader, overloaded txs retried
   after 50 ms): the committed rate is then the chain's maximum.
 - The main process polls node 0 for each next block (``GET /v1/blocks/{h}``, 5 ms
-  between misses) and records when it saw it: a tx's latency is from its submission
-  to the moment node 0's committed block holding it was observed (so it includes up
-  to ~5 ms of polling and one HTTP round trip). Polling, not the ``/v1/events``
-  websocket, because that stream's 256-event client queue drops tx events under load.
+  between misses). A tx's latency is from its submission to node 0's commit of the
+  block holding it, by the ``committed_time_ms`` node 0 recorded (its wall clock, the
+  same machine's as the loaders'), so a poller that falls behind a busy API delays
+  nothing it measures. Polling, not the ``/v1/events`` websocket, because that
+  stream's 256-event client queue drops tx events under load.
 - The first ``--warmup`` seconds are excluded; figures cover the next ``--duration``
   seconds and carry their sample counts. Around that window it reads each node's
   ``/metrics`` (view changes, transport bytes sent) and ``/proc/<pid>/stat`` (CPU).
 - Accounting: after the loaders finish it waits (``--drain-timeout``) until every
-  accepted tx is in a block. ``accepted == committed + missing``; rejected txs are
-  reported with their codes; any missing tx is a failure in the JSON (exit code 1).
+  accepted tx is in a block. ``accepted == committed + stranded + missing``; rejected
+  txs are reported with their codes. A tx accepted after an earlier tx of its account
+  was rejected (say ``overloaded`` in open loop) cannot apply until that nonce comes:
+  it is ``stranded`` (it leaves the pools at the mempool TTL), reported, not a failure.
+  Any other uncommitted accepted tx is ``missing``: a failure (exit code 1).
 
 Before the nodes start it measures this machine's ceiling: Ed25519 verifications per
 second on all cores (one process per core) and so the most tx/s N validators sharing
@@ -139,6 +143,8 @@ class LoaderResult:
     statuses: dict[str, str] = field(default_factory=dict)  # hash -> accepted/duplicate/code
     unsent: int = 0
     retries: int = 0
+    # Each account's tx hashes in nonce order: a rejection strands the later ones.
+    account_hashes: list[list[str]] = field(default_factory=list)
 
 
 def presign(spec: LoaderSpec) -> list[bytes]:
@@ -270,7 +276,8 @@ def run_loader(spec: LoaderSpec, ready: Any, start: Any) -> None:
     hashes = [get_tx_hash_hex(tx) for tx in txs]
     ready.put(spec.index)
     t0: float = start.get()
-    result = LoaderResult()
+    accounts = len(spec.key_paths)
+    result = LoaderResult(account_hashes=[hashes[a::accounts] for a in range(accounts)])
     runner = run_closed_loop if spec.rate_per_s <= 0 else run_open_loop
     asyncio.run(runner(spec, txs, hashes, t0, result))
     import json
@@ -278,6 +285,7 @@ def run_loader(spec: LoaderSpec, ready: Any, start: Any) -> None:
     Path(spec.result_path).write_text(json.dumps({
         "submitted": result.submitted, "statuses": result.statuses,
         "unsent": result.unsent, "retries": result.retries,
+        "account_hashes": result.account_hashes,
     }))
 
 
@@ -377,7 +385,7 @@ async def take_snapshot(clients: list[AsyncClient], pids: list[int]) -> Snapshot
 @dataclass
 class ObservedBlock:
     height: int
-    seen_at: float
+    committed_at: float  # node 0's wall clock at commit (s), or when seen if not recorded
     tx_hashes: list[str]
 
 
@@ -394,7 +402,9 @@ async def follow_blocks(client: AsyncClient, from_height: int, blocks: list[Obse
                 print(f"  block {height}: {exc}; retrying", file=sys.stderr)
             await asyncio.sleep(POLL_INTERVAL_S)
             continue
-        blocks.append(ObservedBlock(height, time.time(), block["tx_hashes"]))
+        recorded = block.get("committed_time_ms")
+        committed_at = time.time() if recorded is None else recorded / 1000
+        blocks.append(ObservedBlock(height, committed_at, block["tx_hashes"]))
         height += 1
 
 
@@ -490,16 +500,19 @@ async def _run_step(homes: list[Path], key_paths: list[Path], step: StepConfig,
         while time.time() < deadline:
             for block in blocks[seen:]:
                 for tx_hash in block.tx_hashes:
-                    committed_at.setdefault(tx_hash, block.seen_at)
+                    committed_at.setdefault(tx_hash, block.committed_at)
             seen = len(blocks)
             if accepted <= committed_at.keys():
                 break
-            await asyncio.sleep(0.1)
+            uncommitted = accepted - committed_at.keys()
+            if get_stranded(results, statuses, uncommitted) == len(uncommitted):
+                break  # what is left waits for a nonce that will not come
+            await asyncio.sleep(0.5)
         stop.set()
         await follower
         for block in blocks:
             for tx_hash in block.tx_hashes:
-                committed_at.setdefault(tx_hash, block.seen_at)
+                committed_at.setdefault(tx_hash, block.committed_at)
         return summarise(step, before, after, blocks, submitted, statuses, accepted,
                          committed_at, results)
     finally:
@@ -507,12 +520,30 @@ async def _run_step(homes: list[Path], key_paths: list[Path], step: StepConfig,
             await client.close()
 
 
+def get_stranded(results: list[dict[str, Any]], statuses: dict[str, str],
+                 uncommitted: set[str]) -> int:
+    """Uncommitted accepted txs behind an earlier tx of their account that was not accepted."""
+    stranded = 0
+    for result in results:
+        for hashes in result["account_hashes"]:
+            blocked = False
+            for tx_hash in hashes:
+                status = statuses.get(tx_hash)
+                if status is None:
+                    break  # never submitted: nor were the later ones
+                if status not in ("accepted", "duplicate"):
+                    blocked = True
+                elif blocked and tx_hash in uncommitted:
+                    stranded += 1
+    return stranded
+
+
 def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[ObservedBlock],
               submitted: dict[str, float], statuses: dict[str, str], accepted: set[str],
               committed_at: dict[str, float], results: list[dict[str, Any]]) -> dict[str, Any]:
     window = (before.time, after.time)
     elapsed = after.time - before.time
-    in_window = [b for b in blocks if window[0] <= b.seen_at < window[1]]
+    in_window = [b for b in blocks if window[0] <= b.committed_at < window[1]]
     committed_in_window = sum(len(b.tx_hashes) for b in in_window)
     latencies = [committed_at[h] - t for h, t in submitted.items()
                  if window[0] <= t < window[1] and h in committed_at]
@@ -522,7 +553,8 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         if status not in ("accepted", "duplicate"):
             rejected[status] = rejected.get(status, 0) + 1
     committed = accepted & committed_at.keys()
-    missing = len(accepted) - len(committed)
+    stranded = get_stranded(results, statuses, accepted - committed)
+    missing = len(accepted) - len(committed) - stranded
     unanswered = len(submitted.keys() - statuses.keys())
 
     def delta(name: str) -> list[float]:
@@ -550,7 +582,7 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         "block_txs_mean": round(committed_in_window / len(in_window), 1) if in_window else 0,
         "latency_s": {k: (round(v, 4) if isinstance(v, float) else v)
                       for k, v in latency.items()},
-        "latency_definition": "submit (batch sent) -> block seen committed by polling node 0",
+        "latency_definition": "submit (batch sent) -> node 0 committed the block (its clock)",
         "view_changes": int(max(delta("bcfl_view_changes_total"), default=0)),
         "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
         "cpu_cores_per_validator": cpu,
@@ -564,6 +596,7 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
             "rejected": rejected,
             "unanswered": unanswered,
             "committed": len(committed),
+            "stranded_behind_rejected": stranded,
             "missing": missing,
             "retried_overloaded": sum(int(r["retries"]) for r in results),
         },
@@ -691,7 +724,8 @@ def print_run(run: dict[str, Any]) -> None:
           f"committed {run['committed_tx_per_s']:>8.1f} tx/s  p50 {lat['p50']} p99 {lat['p99']} "
           f"max {lat['max']} (n={lat['samples']})  blocks/s {run['blocks_per_s']} "
           f"vc {run['view_changes']} cpu {run['cpu_cores_per_validator']}  "
-          f"accepted {acc['accepted']} committed {acc['committed']} missing {acc['missing']} "
+          f"accepted {acc['accepted']} committed {acc['committed']} "
+          f"stranded {acc['stranded_behind_rejected']} missing {acc['missing']} "
           f"rejected {acc['rejected']}", file=sys.stderr)
 
 

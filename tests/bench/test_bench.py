@@ -76,8 +76,18 @@ def test_consensus_accounts_for_every_tx(tmp_path: Path) -> None:
     (run,) = report["runs"]
     acc = run["accounting"]
     assert acc["submitted"] > 0
-    assert acc["accepted"] == acc["committed"] + acc["missing"]
+    assert acc["accepted"] == acc["committed"] + acc["stranded_behind_rejected"] + acc["missing"]
     assert acc["missing"] == 0 and acc["unanswered"] == 0
     assert acc["submitted"] == acc["accepted"] + acc["duplicate"] + sum(acc["rejected"].values())
     assert run["latency_s"]["samples"] > 0 and run["window_s"] > 0
     assert len(run["cpu_cores_per_validator"]) == 4
+
+
+def test_a_rejected_tx_strands_only_the_later_txs_of_its_own_account() -> None:
+    results = [{"account_hashes": [["a0", "a1", "a2", "a3"], ["b0", "b1"], ["c0", "c1"]]}]
+    statuses = {"a0": "accepted", "a1": "overloaded", "a2": "accepted", "a3": "accepted",
+                "b0": "accepted", "b1": "accepted", "c0": "accepted"}  # c1 never sent
+    # a2, a3 wait for a1 (stranded); b1 has no rejected predecessor (missing, not stranded)
+    assert consensus.get_stranded(results, statuses, {"a2", "a3", "b1"}) == 2
+    assert consensus.get_stranded(results, statuses, {"a3"}) == 1
+    assert consensus.get_stranded(results, statuses, {"b1", "c0"}) == 0

@@ -363,6 +363,9 @@ def test_submit_maps_mempool_reasons_to_service_codes() -> None:
     info = driver.get_block(None)
     assert info is not None and info.certificate is not None
     assert driver.get_status().height == driver.state.height
+    # The commit time is this node's own clock at commit (a latency probe), not the header's.
+    assert info.committed_time_ms is not None
+    assert info.header.time_ms <= info.committed_time_ms <= driver.wall_ms()
 
 
 def test_genesis_balances_survive_a_restart() -> None:
