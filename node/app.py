@@ -214,6 +214,10 @@ class BridgeService:
         result: SubmitResult = await self._call("submit_tx", tx_bytes)
         return result
 
+    async def submit_txs(self, txs: Sequence[bytes]) -> list[SubmitResult]:
+        results: list[SubmitResult] = await self._call("submit_txs", list(txs))
+        return results
+
     async def get_tx(self, tx_hash: bytes) -> TxStatus | None:
         result: TxStatus | None = await self._call("get_tx", tx_hash)
         return result

@@ -918,6 +918,8 @@ class Node:
         d = self.driver
         if kind == "submit_tx":
             return d.submit_tx(payload)
+        if kind == "submit_txs":  # bounded by the API's batch limit
+            return [d.submit_tx(tx_bytes) for tx_bytes in payload]
         if kind == "get_tx":
             return d.get_tx(payload)
         if kind == "get_block":

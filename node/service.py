@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -316,6 +316,11 @@ class NodeService(Protocol):
 
     async def submit_tx(self, tx_bytes: bytes) -> SubmitResult:
         """Offer a canonical encoded signed tx (the API has decoded it once already)."""
+        ...
+
+    async def submit_txs(self, txs: Sequence[bytes]) -> list[SubmitResult]:
+        """``submit_tx`` for each, in order, in one call (one wake-up of the node, not one
+        per tx); the caller bounds ``len(txs)``."""
         ...
 
     async def get_tx(self, tx_hash: bytes) -> TxStatus | None:

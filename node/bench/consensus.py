@@ -586,6 +586,10 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         "view_changes": int(max(delta("bcfl_view_changes_total"), default=0)),
         "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
         "cpu_cores_per_validator": cpu,
+        # Load-independent cost: all validators' CPU in the window per committed tx.
+        "validator_cpu_us_per_committed_tx": round(
+            sum(a - b for a, b in zip(after.cpu_s, before.cpu_s, strict=True))
+            / committed_in_window * 1e6, 1) if committed_in_window else None,
         "bytes_sent_per_committed_tx": round(bytes_sent / committed_in_window, 1)
         if committed_in_window else None,
         "accounting": {
@@ -723,7 +727,8 @@ def print_run(run: dict[str, Any]) -> None:
     print(f"N={run['validators']:>2} {run['mode']:<11} offered {run['offered_tx_per_s']:>8.1f} "
           f"committed {run['committed_tx_per_s']:>8.1f} tx/s  p50 {lat['p50']} p99 {lat['p99']} "
           f"max {lat['max']} (n={lat['samples']})  blocks/s {run['blocks_per_s']} "
-          f"vc {run['view_changes']} cpu {run['cpu_cores_per_validator']}  "
+          f"vc {run['view_changes']} cpu {run['cpu_cores_per_validator']} "
+          f"({run['validator_cpu_us_per_committed_tx']} us/tx)  "
           f"accepted {acc['accepted']} committed {acc['committed']} "
           f"stranded {acc['stranded_behind_rejected']} missing {acc['missing']} "
           f"rejected {acc['rejected']}", file=sys.stderr)

@@ -9,6 +9,7 @@ tx events. Flags make it misbehave on demand: ``overloaded`` raises
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node.codec import (
@@ -75,6 +76,7 @@ class FakeNodeService:
         self.blocks: list[BlockInfo] = []
         self.hub = EventHub(subscribers_max=8)
         self.overloaded = False
+        self.submit_calls = 0
         self.fail = False
         self.hang = False
         self.view = 0
@@ -99,6 +101,11 @@ class FakeNodeService:
             if decode_tx(raw).sender == sender:
                 nonce += 1
         return nonce
+
+    async def submit_txs(self, txs: Sequence[bytes]) -> list[SubmitResult]:
+        self.submit_calls += 1
+        self._check()  # one bridge request for the whole chunk: overloaded as one
+        return [await self.submit_tx(tx_bytes) for tx_bytes in txs]
 
     async def submit_tx(self, tx_bytes: bytes) -> SubmitResult:
         self._check()

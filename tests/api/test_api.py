@@ -153,6 +153,36 @@ def test_overload_and_full_mempool_are_503() -> None:
     run_with_client(service, body)
 
 
+def test_batch_submit_answers_each_tx_in_order_in_few_node_calls() -> None:
+    service = FakeNodeService(CHAIN, balances={ALICE.public_key: 10**9}, mempool_txs_max=1000)
+    good = [transfer(n, 1) for n in range(450)]  # spans three chunks of the node's intake
+    garbage = b"\x02\x01garbage"
+    sent = [good[0].hex(), "zz", garbage.hex(), *[tx.hex() for tx in good[1:]], good[0].hex()]
+
+    async def body(client: Client) -> None:
+        response = await client.post("/v1/txs/batch", json={"txs": sent})
+        assert response.status == 200
+        results = (await response.json())["results"]
+        assert len(results) == len(sent)
+        assert results[0] == {"hash": get_tx_hash(good[0]).hex(), "status": "accepted"}
+        assert (results[1]["status"], results[1]["code"]) == ("rejected", "bad_hex")
+        assert results[2]["hash"] == get_tx_hash(garbage).hex()
+        assert (results[2]["status"], results[2]["code"]) == ("rejected", "decode_error")
+        assert [r["hash"] for r in results[3:-1]] == [get_tx_hash(t).hex() for t in good[1:]]
+        assert all(r["status"] == "accepted" for r in results[3:-1])
+        assert results[-1]["status"] == "duplicate"
+        assert service.submit_calls == 3  # 451 edge-valid txs in chunks, not one call per tx
+        assert len(service.pending) == 450
+        service.overloaded = True
+        response = await client.post("/v1/txs/batch", json={"txs": [transfer(450).hex(), "zz"]})
+        results = (await response.json())["results"]
+        assert [(r["status"], r["code"]) for r in results] == [
+            ("rejected", "overloaded"), ("rejected", "bad_hex")]
+        assert len(service.pending) == 450
+
+    run_with_client(service, body)
+
+
 def test_slow_service_is_503_not_a_hang() -> None:
     service = make_service()
     service.hang = True
