@@ -260,6 +260,9 @@ def make_hospital_delta_tx(
 # --- test data -----------------------------------------------------------------------
 
 
+HOSPITAL_ROWS_MIN = 20
+
+
 def write_hospital_csvs(
     directory: Path,
     hospitals: int,
@@ -276,8 +279,11 @@ def write_hospital_csvs(
     rest = np.array([i for i in range(data.x.shape[0]) if i not in held], dtype=np.int64)
     rng = np.random.default_rng(seed)
     pool, test = split_train_test(data.subset(rest), test_fraction, rng)
+    # 20 rows each where the pool allows it; a big consortium (the pool is ~330 rows)
+    # gets fewer, or no skewed draw would ever give every hospital 20 (testnet -n 10 failed).
+    min_size = min(HOSPITAL_ROWS_MIN, pool.y.size // (3 * hospitals))
     parts = partition_label_skew(np.asarray(pool.y, dtype=np.int64), hospitals, alpha, rng,
-                                 min_size=20)
+                                 min_size=max(1, min_size))
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, part in enumerate(parts):

@@ -185,6 +185,22 @@ def test_testnet_writes_a_learning_task_and_hospital_data(tmp_path: Path) -> Non
     assert (out / "hospitals" / "test.csv").exists()
 
 
+@pytest.mark.parametrize("validators", [10, 16])
+def test_testnet_of_a_big_committee_gives_every_hospital_disjoint_rows(
+    tmp_path: Path, validators: int
+) -> None:
+    # Regression: with 20 rows required per hospital, no label-skewed draw of the ~330-row
+    # pool could serve 10 hospitals and `bcfl testnet -n 10` failed with a traceback.
+    out = tmp_path / "net"
+    assert testnet.main(["-n", str(validators), "-o", str(out), "--skip-port-check"]) == 0
+    rows: list[str] = []
+    for i in range(validators):
+        lines = (out / "hospitals" / f"hospital-{i}.csv").read_text().splitlines()[1:]
+        assert len(lines) >= 5
+        rows += lines
+    assert len(rows) == len(set(rows))
+
+
 def test_start_refuses_a_genesis_whose_validation_set_it_cannot_rebuild(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
