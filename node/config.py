@@ -58,7 +58,10 @@ class ConsensusConfig:
 
 @dataclass(frozen=True)
 class MempoolConfig:
-    txs_max: int = field(default=50_000, metadata=_range(1, 10_000_000))
+    # Clients' txs may fill half (node/mempool.py LOCAL_FILL_PERCENT): two full blocks of
+    # backlog, so latency under overload stays a few seconds and the API sheds load
+    # (503 mempool_full) instead of queueing (CometBFT's default pool: 5,000 txs).
+    txs_max: int = field(default=20_000, metadata=_range(1, 10_000_000))
     size_max_bytes: int = field(default=256 * MIB, metadata=_range(KIB, 64 * 1024 * MIB))
     # A local tx still pending this long after its relay is relayed again (backing off).
     relay_retry_ms: int = field(default=1_000, metadata=_range(10, 600_000))

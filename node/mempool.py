@@ -29,10 +29,13 @@ leave a nonce gap at the other validators and stall that sender's later txs,
 so a local tx still pending ``relay_retry_ms`` after it was relayed is relayed
 again, backing off (doubling up to ``relay_retry_max_ms``) until it leaves the
 pool (committed, stale or expired at the TTL); at most ``relay_retry_txs_max``
-retries go in one batch. Only a sender's lowest pending tx is retried (the
-others wait for it anyway), so an overloaded, slow chain does not multiply its
-relay traffic by resending every pending tx. Receivers drop a copy they hold by its hash before
-decoding it, so a retry costs them a hash and a lookup.
+retries go in one batch. Retries are driven by a sender's lowest pending tx
+(the others wait for it anyway), so an overloaded, slow chain does not resend
+every pending tx on every backoff: when the lowest is due, it goes with the run of
+local txs after it, which a lost batch or a peer's full pool may also have cost the
+peers (resending the lowest alone let such a run in at one tx per backoff). Receivers
+drop a copy they hold by its hash before decoding it, so a retry costs them a hash
+and a lookup.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ REJECT_DUPLICATE_NONCE = "duplicate_nonce"
 REJECT_BALANCE = "insufficient_balance"
 REJECT_UNSUPPORTED = "unsupported"
 REJECT_FULL = "full"  # the API answers 503: try again later
+LOCAL_FILL_PERCENT = 50  # of the pool's bounds a local client's txs may fill (see _is_full)
 
 EVICT_COMMITTED = "committed"
 EVICT_STALE = "stale_nonce"
@@ -96,7 +100,7 @@ RETRY_SCAN_FACTOR = 4  # retry items looked at per retry a batch may carry
 
 @dataclass(frozen=True)
 class MempoolConfig:
-    tx_count_max: int = 50_000
+    tx_count_max: int = 20_000
     size_max_bytes: int = 64 * 1024 * 1024
     nonce_gap_max: int = 64  # also bounds one sender's pending txs to nonce_gap_max + 1
     ttl_ms: int = 120_000
@@ -135,6 +139,7 @@ class _Entry:
     admitted_ms: int
     seq: int  # admission order: decides sender order in reap
     relay_attempts: int = 0  # local txs: how many times relayed so far
+    retry_due_ms: int = -1  # local txs: when the live retry item is due (others are stale)
 
 
 @dataclass
@@ -257,10 +262,7 @@ class Mempool:
                 REJECT_BALANCE,
                 f"balance {account.balance}, pending txs reserve {reserved}, this tx needs {cost}",
             )
-        if (
-            len(self._by_hash) >= self.config.tx_count_max
-            or self._size_bytes + len(tx_bytes) > self.config.size_max_bytes
-        ):
+        if self._is_full(len(tx_bytes), source):
             return self._reject(
                 REJECT_FULL,
                 f"mempool full ({len(self._by_hash)} txs, {self._size_bytes} bytes); retry later",
@@ -280,6 +282,18 @@ class Mempool:
             self._relay.append(tx_hash)
         self.metrics.admitted += 1
         return AdmitResult(tx_hash)
+
+    def _is_full(self, size_bytes: int, source: str) -> bool:
+        """Local clients get LOCAL_FILL_PERCENT of the bounds; the rest is headroom for txs
+        relayed by peers (each origin admits up to the mark before it sees the others'
+        in-flight txs), since refusing those leaves nonce gaps that stall their senders
+        until the origin's relay retry, while a refused client simply retries (503)."""
+        count_max = self.config.tx_count_max
+        bytes_max = self.config.size_max_bytes
+        if source == SOURCE_LOCAL:
+            count_max = max(1, count_max * LOCAL_FILL_PERCENT // 100)
+            bytes_max = max(1, bytes_max * LOCAL_FILL_PERCENT // 100)
+        return len(self._by_hash) >= count_max or self._size_bytes + size_bytes > bytes_max
 
     def _check_body(self, tx: Transaction, state: State) -> TxInvalid | None:
         """Trial-run the body's processor on the committed state (writes discarded).
@@ -438,24 +452,35 @@ class Mempool:
             if due_ms > now_ms:
                 break
             entry = self._by_hash.get(tx_hash)
-            if entry is None or entry.seq != seq:  # gone (committed, stale, expired)
-                heapq.heappop(self._retry)
+            if entry is None or entry.seq != seq or entry.retry_due_ms != due_ms:
+                heapq.heappop(self._retry)  # gone (committed, stale, expired) or rescheduled
                 continue
-            if entry.tx.nonce != min(self._by_sender[entry.tx.sender]):
+            queue = self._by_sender[entry.tx.sender]
+            if entry.tx.nonce != min(queue):
                 # Behind its sender's lowest pending tx, it cannot apply before that one
                 # does: resending it now would only multiply traffic under load. Look
-                # again later; the lowest one (the gap a lost batch leaves) goes first.
-                heapq.heapreplace(
-                    self._retry, (now_ms + self.config.relay_retry_ms, seq, tx_hash)
-                )
+                # again later; it goes with the lowest one (below).
+                heapq.heappop(self._retry)
+                self._push_retry(entry, now_ms + self.config.relay_retry_ms)
                 continue
             if out and size_bytes + len(entry.tx_bytes) > max_bytes:
                 break
             heapq.heappop(self._retry)
-            out.append(entry.tx_bytes)
-            size_bytes += len(entry.tx_bytes)
-            retried += 1
-            self._schedule_retry(entry, now_ms)
+            # The lowest tx is still pending after its backoff: a peer may miss it, and
+            # also its successors (a lost batch, or a peer whose pool was full refused a
+            # run). Resending the lowest alone would let them in one per backoff, so the
+            # run from it goes too, within this batch's bounds.
+            nonce = entry.tx.nonce
+            while (entry is not None and entry.relay_attempts > 0  # local, relayed before
+                   and len(out) < max_txs
+                   and retried < self.config.relay_retry_txs_max
+                   and (not out or size_bytes + len(entry.tx_bytes) <= max_bytes)):
+                out.append(entry.tx_bytes)
+                size_bytes += len(entry.tx_bytes)
+                retried += 1
+                self._schedule_retry(entry, now_ms)
+                nonce += 1
+                entry = queue.get(nonce)
         self.metrics.relay_retries += retried
         return out
 
@@ -465,16 +490,21 @@ class Mempool:
             self.config.relay_retry_ms << min(entry.relay_attempts - 1, 32),
             self.config.relay_retry_max_ms,
         )
+        self._push_retry(entry, now_ms + backoff_ms)
+
+    def _push_retry(self, entry: _Entry, due_ms: int) -> None:
+        """Make ``due_ms`` the entry's one live retry item; earlier items become stale."""
         if len(self._retry) >= 2 * len(self._by_hash) + 1024:
-            # Mostly items of txs that left the pool: keep the live ones only.
+            # Mostly stale items (txs that left the pool, or rescheduled): keep the live ones.
             self._retry = [item for item in self._retry if self._is_retry_live(item)]
             heapq.heapify(self._retry)
-        heapq.heappush(self._retry, (now_ms + backoff_ms, entry.seq, entry.tx_hash))
+        entry.retry_due_ms = due_ms
+        heapq.heappush(self._retry, (due_ms, entry.seq, entry.tx_hash))
         assert len(self._retry) <= 2 * len(self._by_hash) + 1025
 
     def _is_retry_live(self, item: tuple[int, int, bytes]) -> bool:
         entry = self._by_hash.get(item[2])
-        return entry is not None and entry.seq == item[1]
+        return entry is not None and entry.seq == item[1] and entry.retry_due_ms == item[0]
 
 
 def encode_tx_batch(txs: Sequence[bytes]) -> bytes:

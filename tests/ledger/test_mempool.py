@@ -73,17 +73,24 @@ def test_oversize_nonce_too_low_duplicate_nonce_and_reserved_balance() -> None:
     assert pool.admit(make_transfer(0, 2, 1, 399), after, 0, SOURCE_LOCAL).ok
 
 
-def test_count_and_byte_bounds_give_full() -> None:
-    pool = make_pool(tx_count_max=2)
-    assert pool.admit(make_transfer(0, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
-    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+def test_count_and_byte_bounds_give_full_with_headroom_kept_for_peers() -> None:
+    # Local clients fill half (2 of 4); relayed txs may use the rest, since refusing one
+    # would leave a nonce gap at this node while a refused client just retries.
+    pool = make_pool(tx_count_max=4)
+    for sender in range(2):
+        assert pool.admit(make_transfer(sender, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
     assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 0, SOURCE_LOCAL).reason == "full"
+    assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert pool.admit(make_transfer(3, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert pool.admit(make_transfer(0, 1, 1, 1), STATE, 0, SOURCE_PEER).reason == "full"
+    assert len(pool) == 4
     tx = make_transfer(0, 0, 1, 1)
-    pool = make_pool(size_max_bytes=len(tx) * 2 + 10)
+    pool = make_pool(size_max_bytes=len(tx) * 5 + 10)  # half: two local txs, not three
     assert pool.admit(tx, STATE, 0, SOURCE_LOCAL).ok
     assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
     assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 0, SOURCE_LOCAL).reason == "full"
-    assert pool.size_bytes == 2 * len(tx)
+    assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert pool.size_bytes == 3 * len(tx)
 
 
 def test_reap_follows_nonces_and_balances_and_is_fair_across_senders() -> None:

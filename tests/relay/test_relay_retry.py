@@ -72,17 +72,23 @@ def test_retries_per_batch_are_bounded_and_new_txs_go_first() -> None:
     assert pool.take_relay_batch(100, 10**6, 1_000) == []
 
 
-def test_only_a_senders_lowest_pending_tx_is_retried() -> None:
+def test_a_senders_lowest_pending_tx_drives_the_retry_of_the_run_after_it() -> None:
     cluster = Cluster()
     state = get_genesis_state(cluster.genesis)
     pool = make_pool(cluster)
-    txs = [transfer(0, n) for n in range(3)]
-    for tx in txs:
+    txs = [transfer(0, n) for n in range(4)]
+    for tx in txs[:3]:
         assert pool.admit(tx, state, 0, SOURCE_LOCAL).ok
-    assert pool.take_relay_batch(10, 10**6, 0) == txs
-    assert pool.take_relay_batch(10, 10**6, 1_000) == txs[:1]  # the others wait behind it
-    pool.update(state, [get_tx_hash(txs[0])])  # it committed: the next one is the lowest
-    assert pool.take_relay_batch(10, 10**6, 2_000) == txs[1:2]
+    assert pool.take_relay_batch(10, 10**6, 0) == txs[:3]
+    assert pool.admit(txs[3], state, 500, SOURCE_LOCAL).ok
+    assert pool.take_relay_batch(10, 10**6, 500) == txs[3:]
+    # The lowest is due at 1 s: it goes with its run (a peer may have refused them all),
+    # each once, in nonce order, although txs[3]'s own backoff is not over yet.
+    assert pool.take_relay_batch(10, 10**6, 1_000) == txs
+    assert pool.take_relay_batch(10, 10**6, 2_500) == []  # backoff doubled: due at 3 s
+    pool.update(state, [get_tx_hash(txs[0])])  # it committed: txs[1] is the lowest now
+    assert pool.take_relay_batch(10, 10**6, 3_000) == txs[1:]
+    assert pool.take_relay_batch(10, 10**6, 3_000) == []  # no stale item sends one twice
 
 
 def test_a_duplicate_is_answered_from_its_hash_without_decoding_or_verifying(
@@ -137,7 +143,7 @@ def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits() -> No
     cluster.run_until(is_committed_everywhere, steps_max=200)
     assert lost == 3
     assert relayed[0] == txs
-    assert relayed[3] == txs[:1]  # the retry: the gap first; the others follow it in order
+    assert relayed[3] == txs  # the retry: the gap, then the run after it, in order
     retries = cluster.drivers[origin].mempool.get_metrics()["mempool_relay_retries"]
     assert retries >= 3
     batches = len(relayed)
