@@ -12,7 +12,9 @@ funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
   (``POST /v1/txs/batch``) round-robin over every validator's API, without waiting
   for answers (at most ``IN_FLIGHT_MAX`` requests in flight per loader; a loader
   that falls behind offers less, and that shows as ``offered_tx_per_s``). The
-  submission time of a tx is taken just before its batch is sent.
+  submission time of a tx is taken just before its batch is sent. A tx refused as
+  ``overloaded``/``mempool_full`` is not retried; its account's later txs are then
+  skipped (``skipped_behind_rejected``), since they could only wait for that nonce.
   ``--closed-loop`` instead sends every pre-signed tx as fast as the API takes them
   (``CLOSED_LOOP_REQUESTS`` requests in flight per loader, overloaded txs retried
   after 50 ms): the committed rate is then the chain's maximum.
@@ -143,6 +145,7 @@ class LoaderResult:
     statuses: dict[str, str] = field(default_factory=dict)  # hash -> accepted/duplicate/code
     unsent: int = 0
     retries: int = 0
+    skipped: int = 0  # open loop: not offered, behind a refused tx of the same account
     # Each account's tx hashes in nonce order: a rejection strands the later ones.
     account_hashes: list[list[str]] = field(default_factory=list)
 
@@ -199,11 +202,16 @@ async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
 
-        async def send(batch: list[bytes], batch_hashes: list[str], url: str) -> None:
+        accounts = len(spec.key_paths)
+        blocked: set[int] = set()  # accounts with a tx refused: their later txs would strand
+
+        async def send(batch: list[int], url: str) -> None:
             try:
-                retry = await _post(session, url, batch, batch_hashes, result)
+                retry = await _post(session, url, [txs[k] for k in batch],
+                                    [hashes[k] for k in batch], result)
                 for i in retry:  # open loop: an overloaded tx is a rejection, not a retry
-                    result.statuses[batch_hashes[i]] = "overloaded"
+                    result.statuses[hashes[batch[i]]] = "overloaded"
+                    blocked.add(batch[i] % accounts)
             finally:
                 in_flight.release()
 
@@ -215,16 +223,21 @@ async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t
             due = min(len(txs), int((now - t0) * spec.rate_per_s))
             while sent < due and not in_flight.locked():
                 count = min(spec.batch_txs, due - sent)
+                # A real client would resend the refused nonce first; this one, open
+                # loop, stops offering that account's txs (they count as skipped).
+                batch = [k for k in range(sent, sent + count) if k % accounts not in blocked]
+                result.skipped += count - len(batch)
+                sent += count
+                if not batch:
+                    continue
                 await in_flight.acquire()
-                batch, batch_hashes = txs[sent:sent + count], hashes[sent:sent + count]
                 stamp = time.time()
-                result.submitted.update((h, stamp) for h in batch_hashes)
+                result.submitted.update((hashes[k], stamp) for k in batch)
                 url = spec.urls[turn % len(spec.urls)]
                 turn += 1
-                task = asyncio.create_task(send(batch, batch_hashes, url))
+                task = asyncio.create_task(send(batch, url))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                sent += count
             await asyncio.sleep(SEND_INTERVAL_S)
         if tasks:
             await asyncio.gather(*tasks)
@@ -284,7 +297,7 @@ def run_loader(spec: LoaderSpec, ready: Any, start: Any) -> None:
 
     Path(spec.result_path).write_text(json.dumps({
         "submitted": result.submitted, "statuses": result.statuses,
-        "unsent": result.unsent, "retries": result.retries,
+        "unsent": result.unsent, "retries": result.retries, "skipped": result.skipped,
         "account_hashes": result.account_hashes,
     }))
 
@@ -594,6 +607,7 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         if committed_in_window else None,
         "accounting": {
             "presigned_unsent": sum(int(r["unsent"]) for r in results),
+            "skipped_behind_rejected": sum(int(r.get("skipped", 0)) for r in results),
             "submitted": len(submitted),
             "accepted": len(accepted),
             "duplicate": sum(1 for s in statuses.values() if s == "duplicate"),
