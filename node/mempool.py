@@ -418,6 +418,15 @@ class Mempool:
 
     # --- relay -------------------------------------------------------------------
 
+    def get_relay_wait_ms(self, now_ms: int) -> int | None:
+        """How long until relay work may be due: 0 now, None if none is scheduled (an idle
+        node then sleeps instead of polling; new local txs wake it)."""
+        if self._relay:
+            return 0
+        if not self._retry:
+            return None
+        return max(0, self._retry[0][0] - now_ms)
+
     def take_relay_batch(self, max_txs: int, max_bytes: int, now_ms: int) -> list[bytes]:
         """Local txs to relay, bounded by count and bytes: those never relayed, oldest
         first, then (at most ``relay_retry_txs_max``) those whose retry is due.

@@ -179,6 +179,8 @@ PROPOSALS_PER_EVENT_MAX = 8
 RELAY_BATCH_TXS_MAX = 2_000
 RELAY_BATCH_BYTES_MAX = 1024 * 1024
 RELAY_INTERVAL_S = 0.02
+STATUS_INTERVAL_TICKS_N4 = 10
+RELAY_IDLE_WAIT_MAX_S = 0.5  # an idle relay loop still looks this often (e.g. evidence txs)
 CONSENSUS_FRAMES_PER_YIELD = 64
 TX_BATCH_WAIT_YIELDS_MAX = 64
 MEMPOOL_EXPIRY_TICKS = 20
@@ -283,6 +285,17 @@ def get_node_index(genesis: Genesis, key: KeyPair) -> int:
     )
 
 
+def get_status_interval_ticks(n: int, view_change_timeout_ticks: int) -> int:
+    """How often a replica broadcasts STATUS (catch-up only): every 10 ticks for 4
+    validators, longer in proportion to n so each replica receives about as many per
+    second at any n (each costs a signature check: at n = 16 every 10 ticks was 30/s),
+    and never longer than half a view-change timeout, so a lagging replica still
+    hears of the chain's height well before it would suspect the primary."""
+    interval = STATUS_INTERVAL_TICKS_N4 * max(4, n) // 4
+    return max(1, min(interval, view_change_timeout_ticks // 4 if n <= 4
+                      else view_change_timeout_ticks // 2))
+
+
 def make_replica_config(config: Config, genesis: Genesis, index: int) -> ReplicaConfig:
     c = config.consensus
     try:
@@ -293,7 +306,8 @@ def make_replica_config(config: Config, genesis: Genesis, index: int) -> Replica
             window_size=c.window,
             checkpoint_interval=c.checkpoint_interval,
             view_change_timeout_ticks=c.view_change_timeout_ticks,
-            status_interval_ticks=max(1, min(10, c.view_change_timeout_ticks // 4)),
+            status_interval_ticks=get_status_interval_ticks(
+                len(genesis.validators), c.view_change_timeout_ticks),
             fetch_timeout_ticks=max(2, c.view_change_timeout_ticks // 2),
             fetch_blocks_max=FETCH_BLOCKS_MAX,
         )
@@ -388,6 +402,7 @@ class Driver:
         self.halted: str | None = None
         self._pending_persist: list[bytes] = []
         self._pending_stable: int | None = None
+        self.on_local_tx: Callable[[], None] = lambda: None  # the relay loop's wake-up
         # Test-only switches (bcfl e2e); both off in every normal run.
         self.byzantine: ActionRewriter | None = None
         self.skip_persist = False
@@ -733,6 +748,8 @@ class Driver:
         if self.chain.get_tx_location(tx_hash) is not None:
             return SubmitResult(tx_hash, "duplicate")
         result = self.mempool.admit(tx_bytes, self.state, self.wall_ms(), SOURCE_LOCAL)
+        if result.ok and not result.duplicate:
+            self.on_local_tx()
         if result.duplicate:
             return SubmitResult(tx_hash, "duplicate")
         if result.reason is not None:
@@ -860,6 +877,11 @@ class Node:
         self.driver = driver
         self.transport = transport
         self.tick_s = tick_ms / 1000
+        self.relay_wanted = trio.Event()
+        driver.on_local_tx = self._wake_relay
+
+    def _wake_relay(self) -> None:
+        self.relay_wanted.set()
 
     async def run(self, bridge: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -899,11 +921,22 @@ class Node:
             self.driver.tick()
 
     async def _relay_loop(self) -> None:
+        """Relay local txs every RELAY_INTERVAL_S while there are any; otherwise sleep until
+        a retry is due or a client's tx arrives. (Polling every 20 ms kept an idle node
+        waking 50 times a second, and each wake-up of trio in guest mode costs a thread
+        hand-off: most of an idle 16-validator localnet's CPU.)"""
         while True:
-            await trio.sleep(RELAY_INTERVAL_S)
+            await trio.sleep(RELAY_INTERVAL_S)  # lets a burst of submissions share a batch
             frame = self.driver.take_relay_frame()
             if frame is not None:
                 self.transport.broadcast(frame, TrafficClass.TRANSACTIONS)
+                continue
+            wait_ms = self.driver.mempool.get_relay_wait_ms(self.driver.wall_ms())
+            wait_s = RELAY_IDLE_WAIT_MAX_S if wait_ms is None else min(
+                wait_ms / 1000, RELAY_IDLE_WAIT_MAX_S)
+            with trio.move_on_after(wait_s):
+                await self.relay_wanted.wait()
+            self.relay_wanted = trio.Event()
 
     async def _request_loop(self, bridge: Any) -> None:
         while True:

@@ -41,7 +41,7 @@ from node.ledger import (
     get_genesis_state,
 )
 from node.mempool import encode_tx_batch
-from node.node import to_codec_certificate, to_consensus_certificate
+from node.node import get_status_interval_ticks, to_codec_certificate, to_consensus_certificate
 from node.service import REJECT_BAD_NONCE, REJECT_INVALID_TX
 from node.store import MemoryStore
 from node.wire import (
@@ -379,3 +379,14 @@ def test_genesis_balances_survive_a_restart() -> None:
     assert ACCOUNT_KEYS[3].public_key != b""
     restored = cluster.restart(2)
     assert restored.get_account(ACCOUNT_KEYS[3].public_key).balance == 10**9
+
+
+def test_status_interval_keeps_status_traffic_flat_in_n_and_under_half_a_timeout() -> None:
+    for timeout_ticks in (8, 24, 60, 600):
+        base = get_status_interval_ticks(4, timeout_ticks)
+        assert base == max(1, min(10, timeout_ticks // 4))  # n = 4: as it always was
+        for n in (7, 10, 16, 31):
+            interval = get_status_interval_ticks(n, timeout_ticks)
+            assert 1 <= interval <= max(1, timeout_ticks // 2)
+            if 10 * n // 4 <= timeout_ticks // 2:  # not capped: received/s stays flat
+                assert (n - 1) / interval <= 1.5 * 3 / base
