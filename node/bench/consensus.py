@@ -73,6 +73,28 @@ RETRY_CODES = frozenset({"overloaded", "mempool_full", "sender_queue_full"})
 NONCE_WINDOW = 64  # the mempool's nonce_gap_max: txs per account ahead of the chain
 START_DELAY_S = 0.5
 VALIDATORS_ALLOWED = (4, 7, 10, 16)
+DEFAULT_OUTPUT = Path("bench-results/consensus")
+TABLE_COLUMNS = (  # (header, width, value of a run)
+    ("N", 3, lambda r: r["validators"]),
+    ("mode", 11, lambda r: r["mode"]),
+    ("offered/s", 9, lambda r: r["offered_tx_per_s"]),
+    ("commit/s", 9, lambda r: r["committed_tx_per_s"]),
+    ("ceiling%", 8, lambda r: None if r["fraction_of_ceiling"] is None
+     else round(100 * r["fraction_of_ceiling"], 1)),
+    ("p50 s", 7, lambda r: r["latency_s"]["p50"]),
+    ("p95 s", 7, lambda r: r["latency_s"]["p95"]),
+    ("p99 s", 7, lambda r: r["latency_s"]["p99"]),
+    ("max s", 7, lambda r: r["latency_s"]["max"]),
+    ("samples", 7, lambda r: r["latency_s"]["samples"]),
+    ("blocks/s", 8, lambda r: r["blocks_per_s"]),
+    ("txs/blk", 7, lambda r: r["block_txs_mean"]),
+    ("vc", 3, lambda r: r["view_changes"]),
+    ("cpu/val", 7, lambda r: round(sum(r["cpu_cores_per_validator"])
+                                   / len(r["cpu_cores_per_validator"]), 3)),
+    ("us/tx", 7, lambda r: r["validator_cpu_us_per_committed_tx"]),
+    ("B/tx", 7, lambda r: r["bytes_sent_per_committed_tx"]),
+    ("missing", 7, lambda r: r["accounting"]["missing"]),
+)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -713,7 +735,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="txs per POST /v1/txs/batch (1..1000)")
     parser.add_argument("--ceiling-seconds", type=float, default=2.0,
                         help="seconds for the Ed25519 ceiling (0 skips it)")
-    parser.add_argument("--output", type=Path, help="directory for consensus.json and plots")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"directory for consensus.json and plots (default {DEFAULT_OUTPUT})")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--profile-node0", type=Path, metavar="FILE",
                         help="run validator 0 under pyinstrument; text profile to FILE.n<N>.txt")
@@ -746,6 +769,19 @@ def print_run(run: dict[str, Any]) -> None:
           f"accepted {acc['accepted']} committed {acc['committed']} "
           f"stranded {acc['stranded_behind_rejected']} missing {acc['missing']} "
           f"rejected {acc['rejected']}", file=sys.stderr)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The runs as an aligned text table (the JSON has every figure with its window)."""
+    header = " ".join(f"{name:>{width}}" for name, width, _ in TABLE_COLUMNS)
+    lines = [header, "-" * len(header)]
+    for run in report["runs"]:
+        lines.append(" ".join(f"{'-' if (v := get(run)) is None else v!s:>{width}}"
+                              for _, width, get in TABLE_COLUMNS))
+    ceiling = report["ceiling"]
+    lines.append(f"ceiling: {ceiling['verifications_per_s']:.0f} Ed25519 verifications/s on "
+                 f"{ceiling.get('processes', '?')} processes; per-N ceiling = that / N")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
@@ -800,6 +836,11 @@ def main(argv: list[str]) -> int:
         if not args.no_plots and report["runs"]:
             report["plots"] = write_plots(report, args.output)
     text = write_report(report, None if args.output is None else args.output / "consensus.json")
+    print(format_table(report), file=sys.stderr)
+    if args.output is not None:
+        print(f"wrote {args.output / 'consensus.json'}"
+              + (f" and {len(report.get('plots', []))} plots" if report.get("plots") else ""),
+              file=sys.stderr)
     print(text)
     return 1 if report["failures"] else 0
 

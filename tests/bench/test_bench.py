@@ -65,7 +65,8 @@ def test_round_breakdown(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_consensus_accounts_for_every_tx(tmp_path: Path) -> None:
+def test_consensus_accounts_for_every_tx(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = consensus.main(["--validators", "4", "--rate", "100", "--duration", "2",
                            "--warmup", "0.5", "--accounts", "20", "--ceiling-seconds", "0.2",
@@ -81,6 +82,9 @@ def test_consensus_accounts_for_every_tx(tmp_path: Path) -> None:
     assert acc["submitted"] == acc["accepted"] + acc["duplicate"] + sum(acc["rejected"].values())
     assert run["latency_s"]["samples"] > 0 and run["window_s"] > 0
     assert len(run["cpu_cores_per_validator"]) == 4
+    assert run["validator_cpu_us_per_committed_tx"] > 0
+    table = capsys.readouterr().err.split("commit/s", 1)[1].splitlines()
+    assert table[2].split()[:2] == ["4", "open_loop"]  # header, rule, then the run
 
 
 def test_a_rejected_tx_strands_only_the_later_txs_of_its_own_account() -> None:
