@@ -162,7 +162,7 @@ def compute_mean_loss(
     outputs = _compute_outputs(kind, x, p, f, h, c_out)
     total = 0.0
     for i in range(m):
-        total += _row_loss(kind, outputs[i], c_out, y[i], regression)
+        total += compute_row_loss(kind, outputs[i], c_out, y[i], regression)
     loss = total / m
     if l2 > 0.0:
         loss += 0.5 * l2 * compute_sum_squares(p)
@@ -179,7 +179,9 @@ def compute_sum_squares(p: FloatArray) -> float:
 
 
 @njit(cache=True)
-def _row_loss(kind: int, out: FloatArray, c_out: int, label: float, regression: bool) -> float:
+def compute_row_loss(
+    kind: int, out: FloatArray, c_out: int, label: float, regression: bool
+) -> float:
     if kind == KIND_LOGISTIC:
         z = out[0]
         # log(1 + e^z) - y z, stable for any sign of z
@@ -208,6 +210,15 @@ def count_correct(
         if pred == int(y[i]):
             correct += 1
     return correct
+
+
+@njit(cache=True)
+def compute_dot_q_f(q: npt.NDArray[np.int16], a: FloatArray) -> float:
+    """``sum float(q_k) * a_k``, one sequential sum in index order."""
+    dot = 0.0
+    for k in range(q.shape[0]):
+        dot += float(q[k]) * a[k]
+    return dot
 
 
 @njit(cache=True)

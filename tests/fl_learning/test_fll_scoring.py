@@ -56,6 +56,8 @@ GOLDEN = {
         [6, 28449],
         [7, 17563],
     ],
+    # MLP through fl.coalition_kernels (equal to the direct FedAvg evaluation on this case)
+    "shapley_mlp": [[0, 7183], [1, 3537], [2, -45836], [3, 39219], [4, -1430], [5, -1619]],
 }
 
 
