@@ -161,18 +161,43 @@ def compute_coalition_mean_losses(
                 for e in range(width * c):
                     layer2[e] = base[w2 + j0 * c + e] + (float(u_s[e]) / w_s) * scale
                 coefficient = coefficients[s]
+                last = depth - 1  # the level this coalition adds last (if any is new)
                 for jj in range(width):
                     # One unit at a time across the levels, so its rows stay in L1.
-                    for level in range(first_level, depth):
+                    for level in range(first_level, last):
                         i = members[start + level]
                         w_i = wf[i]
                         for r in range(mr):
                             stack[level + 1, jj, r] = (
                                 stack[level, jj, r] + w_i * projections[i, jj, r]
                             )
-                    for r in range(mr):
-                        z = base_z[jj, r] + coefficient * stack[depth, jj, r]
-                        hidden[r] = z if z > 0.0 else 0.0
+                    if first_level <= last and c == 2:
+                        # Binary classification, the common case: the last level, the ReLU
+                        # and both outputs in one pass over the rows.
+                        i = members[start + last]
+                        w_i = wf[i]
+                        u0 = layer2[2 * jj]
+                        u1 = layer2[2 * jj + 1]
+                        for r in range(mr):
+                            t = stack[last, jj, r] + w_i * projections[i, jj, r]
+                            stack[depth, jj, r] = t
+                            z = base_z[jj, r] + coefficient * t
+                            a = z if z > 0.0 else 0.0
+                            acc[s, 0, r] += a * u0
+                            acc[s, 1, r] += a * u1
+                        continue
+                    if first_level <= last:  # the last level, fused with the ReLU
+                        i = members[start + last]
+                        w_i = wf[i]
+                        for r in range(mr):
+                            t = stack[last, jj, r] + w_i * projections[i, jj, r]
+                            stack[depth, jj, r] = t
+                            z = base_z[jj, r] + coefficient * t
+                            hidden[r] = z if z > 0.0 else 0.0
+                    else:  # no new level: a prefix of the previous coalition (never when sorted)
+                        for r in range(mr):
+                            z = base_z[jj, r] + coefficient * stack[depth, jj, r]
+                            hidden[r] = z if z > 0.0 else 0.0
                     for l_out in range(c):
                         wv = layer2[jj * c + l_out]
                         for r in range(mr):

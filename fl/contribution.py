@@ -183,7 +183,7 @@ def compute_shapley_ppm(
 
 
 COALITIONS_PER_BATCH_MAX = 4096  # bounds the kernel's accumulators (coalitions x c x rows)
-KERNEL_WORKSPACE_BYTES = 8 * 1024 * 1024  # projections + partial sums per chunk of units
+KERNEL_WORKSPACE_BYTES = 1024 * 1024  # projections + partial sums of a chunk of units: L2
 
 
 class RoundUtility:
