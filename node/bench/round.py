@@ -33,6 +33,7 @@ quarter of the transport frame); a delta tx larger than the cap is reported, not
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -278,6 +279,24 @@ def measure_round(d: int, hospitals_count: int, validators_count: int,
         store.close()
 
 
+def print_result(result: dict[str, Any]) -> None:
+    h = result["hospitals"]
+    if "error" in result:
+        print(f"d={result['params']:>8} H={h:>2}: {result['error']}", file=sys.stderr)
+        return
+    train = result["local_training_s"]["mean"]
+    last = result["delta_blocks"][-1]
+    print(f"d={result['params']:>8} H={h:>2}: train {train:.3f} s/hospital, "
+          f"submit {result['submission_s']['total']:.3f} s, "
+          f"{len(result['delta_blocks'])} delta block(s), last apply "
+          f"{last['apply_s']:.3f} s, attest (slowest) "
+          f"{result['validation_attestation_s']['max']:.3f} s, close "
+          f"{result['round_close_s']['apply']:.3f} s, commit {result['commit_s']:.3f}"
+          f" s -> chain {result['chain_time_after_last_delta_s']:.2f} s "
+          f"(with proposer builds {result['critical_path_after_last_delta_s']:.2f} s)"
+          f", load {result['load_average']}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     from node.codec import DEFAULT_LIMITS
     from node.node import BLOCK_SIZE_CAP_BYTES
@@ -289,6 +308,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--validators", type=int, default=4, help="validator members")
     parser.add_argument("--block-cap-bytes", type=int, default=BLOCK_SIZE_CAP_BYTES,
                         help="largest block (default: the node's cap, %(default)s)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds per (d, hospitals) case: the machine may be shared")
     parser.add_argument("--output", type=Path, help="write the JSON here too")
     args = parser.parse_args(argv)
     try:
@@ -300,6 +321,8 @@ def main(argv: list[str]) -> int:
         parser.error("--d must be in 100..2e6 and --hospitals in 1..64")
     if not 1 <= args.validators <= 16:
         parser.error("--validators must be in 1..16")
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be in 1..20")
     codec_max = DEFAULT_LIMITS.block_size_max_bytes
     if not 64 * 1024 <= args.block_cap_bytes <= codec_max:
         parser.error(f"--block-cap-bytes must be in 65536..{codec_max} (the codec's limit)")
@@ -307,32 +330,19 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bcfl-round-") as tmp:
         # A small round first so Numba compiles (or loads its cache) outside the timings.
         measure_round(1000, 2, args.validators, Path(tmp) / "warmup")
-        for d in sizes:
-            for h in counts:
-                result = measure_round(d, h, args.validators, Path(tmp), args.block_cap_bytes)
-                results.append(result)
-                if "error" in result:
-                    print(f"d={result['params']:>8} H={h:>2}: {result['error']}",
-                          file=sys.stderr)
-                    continue
-                train = result["local_training_s"]["mean"]
-                last = result["delta_blocks"][-1]
-                print(f"d={result['params']:>8} H={h:>2}: train {train:.3f} s/hospital, "
-                      f"submit {result['submission_s']['total']:.3f} s, "
-                      f"{len(result['delta_blocks'])} delta block(s), last apply "
-                      f"{last['apply_s']:.3f} s, attest (slowest) "
-                      f"{result['validation_attestation_s']['max']:.3f} s, close "
-                      f"{result['round_close_s']['apply']:.3f} s, commit {result['commit_s']:.3f}"
-                      f" s -> chain {result['chain_time_after_last_delta_s']:.2f} s "
-                      f"(with proposer builds {result['critical_path_after_last_delta_s']:.2f} s)"
-                      f", load {result['load_average']}", file=sys.stderr)
+        for d, h, repeat in itertools.product(sizes, counts, range(args.repeat)):
+            workdir = Path(tmp) / f"run-{d}-{h}-{repeat}"
+            result = {**measure_round(d, h, args.validators, workdir, args.block_cap_bytes),
+                      "repeat": repeat}
+            results.append(result)
+            print_result(result)
     report = {
         "benchmark": "round",
         "machine": get_machine_info(),
         "setup": "in-process: ledger build_block/apply_block + LevelDB ChainStore, no network;"
                  " a warm-up round (d=1000) first so Numba compilation is excluded",
         "parameters": {"d": sizes, "hospitals": counts, "validators": args.validators,
-                       "block_cap_bytes": args.block_cap_bytes},
+                       "block_cap_bytes": args.block_cap_bytes, "repeat": args.repeat},
         "results": results,
     }
     print(write_report(report, args.output))

@@ -53,10 +53,11 @@ def test_transport_report(tmp_path: Path) -> None:
 def test_round_breakdown(tmp_path: Path) -> None:
     out = tmp_path / "round.json"
     assert round_bench.main(["--d", "1000", "--hospitals", "2", "--validators", "2",
-                             "--output", str(out)]) == 0
+                             "--repeat", "2", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["parameters"]["block_cap_bytes"] == round_bench_node_cap()
-    (result,) = report["results"]
+    assert [r["repeat"] for r in report["results"]] == [0, 1]  # one fresh chain each
+    result = report["results"][0]
     assert result["hospitals"] == 2 and result["params"] >= 900
     for stage in ("local_training_s", "submission_s", "delta_blocks",
                   "validation_attestation_s", "round_close_s", "commit_s"):
