@@ -49,47 +49,24 @@ ROWS_BLOCK = 128
 @njit(cache=True)
 def _project_chunk(
     x_t: FloatArray,
-    params: FloatArray,
+    params: FloatArray | Int16Array,
     f: int,
     h: int,
     j0: int,
     width: int,
     out: FloatArray,
 ) -> None:
-    """``out[jj, r] = (sum_k x[r, k] * W1[k, j0 + jj]) + b1[j0 + jj]`` for a float vector."""
+    """``out[jj, r] = (sum_k x[r, k] * W1[k, j0 + jj]) + b1[j0 + jj]``, ``W1``/``b1`` from
+    ``params`` (the base model, or one int16 delta: each value converted exactly to float)."""
     out[:width, :] = 0.0
     for jj in range(width):
         acc = out[jj]
         for k in range(f):
-            wv = params[k * h + j0 + jj]
+            wv = float(params[k * h + j0 + jj])
             xk = x_t[k]
             for r in range(acc.shape[0]):
                 acc[r] += xk[r] * wv
-        bias = params[f * h + j0 + jj]
-        for r in range(acc.shape[0]):
-            acc[r] += bias
-
-
-@njit(cache=True)
-def _project_chunk_q(
-    x_t: FloatArray,
-    q: Int16Array,
-    f: int,
-    h: int,
-    j0: int,
-    width: int,
-    out: FloatArray,
-) -> None:
-    """As ``_project_chunk`` for one int16 delta (each value converted exactly to float)."""
-    out[:width, :] = 0.0
-    for jj in range(width):
-        acc = out[jj]
-        for k in range(f):
-            wv = float(q[k * h + j0 + jj])
-            xk = x_t[k]
-            for r in range(acc.shape[0]):
-                acc[r] += xk[r] * wv
-        bias = float(q[f * h + j0 + jj])
+        bias = float(params[f * h + j0 + jj])
         for r in range(acc.shape[0]):
             acc[r] += bias
 
@@ -125,7 +102,15 @@ def compute_coalition_mean_losses(
     count = offsets.shape[0] - 1
     depth_max = 0
     for s in range(count):
-        depth_max = max(depth_max, offsets[s + 1] - offsets[s])
+        depth = offsets[s + 1] - offsets[s]
+        assert depth >= 1 and total_weights[s] > 0.0
+        assert 0 <= shared[s] <= depth
+        assert shared[s] == 0 or (s > 0 and shared[s] <= offsets[s] - offsets[s - 1])
+        for e in range(offsets[s], offsets[s + 1]):
+            assert 0 <= members[e] < n and (e == offsets[s] or members[e - 1] < members[e])
+        for e in range(shared[s]):  # the reused prefix really is shared
+            assert members[offsets[s] + e] == members[offsets[s - 1] + e]
+        depth_max = max(depth_max, depth)
     b1 = f * h
     w2 = b1 + h
     b2 = w2 + h * c
@@ -145,7 +130,7 @@ def compute_coalition_mean_losses(
             width = min(units_chunk, h - j0)
             _project_chunk(x_t, base, f, h, j0, width, base_z)
             for i in range(n):
-                _project_chunk_q(x_t, q[i], f, h, j0, width, projections[i])
+                _project_chunk(x_t, q[i], f, h, j0, width, projections[i])
             for s in range(count):
                 start = offsets[s]
                 depth = offsets[s + 1] - start

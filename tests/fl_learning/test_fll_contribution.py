@@ -264,3 +264,41 @@ def test_shapley_prefetch_changes_no_value_exact_and_monte_carlo() -> None:
         fast = compute_shapley_ppm(compute_round_utility_fn(*args), r.ids, seed=3, **kwargs)
         slow = compute_shapley_ppm(lambda s: plain(s), r.ids, seed=3, **kwargs)
         assert fast == slow
+
+
+def test_coalition_kernel_refuses_a_prefix_that_is_not_shared() -> None:
+    """The kernel trusts ``shared`` to reuse partial sums, so it checks it first."""
+    from fl import coalition_kernels
+
+    r = cases.build_mlp_round(n_clients=3, hidden=4)
+    spec = r.spec
+
+    def run(members: list[int], offsets: list[int], shared: list[int]) -> None:
+        count = len(offsets) - 1
+        coalition_kernels.compute_coalition_mean_losses(
+            r.x_val,
+            r.y_val.astype(np.float64),
+            r.base,
+            r.deltas.values,
+            np.asarray(r.weights, dtype=np.int64),
+            np.asarray(members, dtype=np.int64),
+            np.asarray(offsets, dtype=np.int64),
+            np.asarray(shared, dtype=np.int64),
+            np.ones(count),
+            np.full(count, 10.0),
+            1.0,
+            spec.n_features,
+            spec.hidden,
+            spec.n_classes,
+            False,
+            2,
+        )
+
+    run([0, 0, 1], [0, 1, 3], [0, 1])  # {0}, then {0, 1} reusing {0}: fine
+    for members, offsets, shared in (
+        ([0, 1, 2], [0, 1, 3], [0, 1]),  # {0} then {1, 2}: nothing is shared
+        ([1, 0], [0, 2], [0]),  # members out of order
+        ([0, 5], [0, 2], [0]),  # a member that is not a delta
+    ):
+        with pytest.raises(AssertionError):
+            run(members, offsets, shared)
