@@ -314,39 +314,53 @@ class RoundUtility:
             spec.is_regression,
             units_chunk,
         )
-        out = []
-        for s, rows in enumerate(batch):
-            loss = float(losses[s])
-            if spec.l2 > 0.0:
-                loss += 0.5 * spec.l2 * self._get_sum_squares(rows, float(coefficients[s]))
-            out.append(_loss_to_ppm(loss))
-        return out
+        if spec.l2 > 0.0:
+            squares = self._get_sum_squares(batch, shared.tolist(), coefficients.tolist())
+            return [
+                _loss_to_ppm(float(losses[s]) + 0.5 * spec.l2 * squares[s])
+                for s in range(len(batch))
+            ]
+        return [_loss_to_ppm(float(loss)) for loss in losses]
 
-    def _get_sum_squares(self, rows: tuple[int, ...], coefficient: float) -> float:
-        """``|base + FedAvg(S)|^2 = |b|^2 + 2 t (b . u) + t^2 |u|^2``, ``u = sum w_i q_i``.
+    def _get_sum_squares(
+        self, batch: list[tuple[int, ...]], shared: list[int], coefficients: list[float]
+    ) -> list[float]:
+        """``|base + FedAvg(S)|^2 = |b|^2 + 2 t (b . u) + t^2 |u|^2``, ``u = sum w_i q_i``,
+        for each coalition of ``batch`` (lexicographic, ``shared`` prefixes as the kernel's).
 
-        ``b . q_i`` are sequential float sums, ``|u|^2`` an exact integer from the
-        Gram matrix of the deltas (both computed once per round).
+        ``b . q_i`` are sequential float sums and ``|u|^2`` an exact integer from the
+        Gram matrix of the deltas (both computed once per round); ``b . u`` adds the
+        members in ascending order from 0.0. Both grow along the shared prefix, one new
+        member at a time, so a coalition costs O(|S|).
         """
         if self._gram is None:
             q64 = self.values.astype(np.int64)
             n = q64.shape[0]
-            self._gram = [[int(np.dot(q64[a], q64[b])) for b in range(n)] for a in range(n)]
+            gram = [[0] * n for _ in range(n)]
+            for a in range(n):
+                for b in range(a, n):  # int64 dot: exact (<= d * 2**30 < 2**63)
+                    gram[a][b] = gram[b][a] = int(np.dot(q64[a], q64[b]))
+            self._gram = gram
             self._base_dots = [
                 float(eval_kernels.compute_dot_q_f(self.values[a], self.base)) for a in range(n)
             ]
             self._base_sq = float(eval_kernels.compute_sum_squares(self.base))
         gram = self._gram
-        base_dot = 0.0
-        for r in rows:
-            base_dot += float(self.weights[r]) * self._base_dots[r]
-        u_sq = sum(self.weights[a] * self.weights[b] * gram[a][b] for a in rows for b in rows)
-        value = (
-            self._base_sq
-            + (2.0 * coefficient) * base_dot
-            + (coefficient * coefficient) * float(u_sq)
-        )
-        return max(value, 0.0)
+        w = self.weights
+        dots = [0.0]  # dots[k]: b . u over the first k members of the current coalition
+        u_squares = [0]  # u_squares[k]: |u|^2 over the same members (exact)
+        out = []
+        for s, rows in enumerate(batch):
+            del dots[shared[s] + 1 :], u_squares[shared[s] + 1 :]
+            for level in range(shared[s], len(rows)):
+                k = rows[level]
+                cross = sum(w[a] * gram[a][k] for a in rows[:level])
+                dots.append(dots[level] + float(w[k]) * self._base_dots[k])
+                u_squares.append(u_squares[level] + 2 * w[k] * cross + w[k] * w[k] * gram[k][k])
+            t = coefficients[s]
+            value = self._base_sq + (2.0 * t) * dots[-1] + (t * t) * float(u_squares[-1])
+            out.append(max(value, 0.0))
+        return out
 
 
 def _get_common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
