@@ -58,7 +58,9 @@ from node.keys import KeyPair, get_peer_id
 logger = logging.getLogger(__name__)
 
 FRAME_HEADER = struct.Struct("<I")
-FRAME_SIZE_MAX_BYTES = 4 * 1024 * 1024
+# 16 MiB: the node caps a block at a quarter of a frame (node.node.BLOCK_SIZE_CAP_BYTES),
+# and a learning round's d = 1e6 delta is a 2 MB tx, so blocks need 4 MiB (two deltas).
+FRAME_SIZE_MAX_BYTES = 16 * 1024 * 1024
 READ_CHUNK_MAX_BYTES = 256 * 1024
 WRITE_BATCH_FRAMES_MAX = 256
 WRITE_BATCH_BYTES_MAX = 256 * 1024

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fl import contribution
 from fl.aggregation import aggregate
 from fl.contribution import (
     REPUTATION_INITIAL_PPM,
@@ -24,6 +25,7 @@ from fl.contribution import (
     split_reward,
     update_reputation_ppm,
 )
+from fl.quantize import QuantizedUpdates
 from fl.scoring import compute_validation_loss_ppm
 
 CASES = Path(__file__).resolve().parent / "fll_cases.py"
@@ -202,3 +204,101 @@ def test_exact_cost_is_two_to_the_n_utility_calls() -> None:
     assert len(calls) == 4096 and len(set(calls)) == 4096
     assert phi == {k: k for k in range(12)}  # additive game: phi_i = v({i})
     assert math.comb(12, 6) == sum(1 for s in calls if len(s) == 6)
+
+
+def _direct_utility(r, rows: tuple[int, ...]) -> int:  # type: ignore[no-untyped-def]
+    """The definition, evaluated the slow way: loss(base) - loss(base + FedAvg(rows))."""
+    mean = aggregate(
+        "mean",
+        QuantizedUpdates(r.deltas.values[list(rows)], r.deltas.scale_exp),
+        [r.ids[i] for i in rows],
+        [r.weights[i] for i in rows],
+    ).aggregate
+    before = compute_validation_loss_ppm(r.spec, r.base, r.x_val, r.y_val)
+    return before - compute_validation_loss_ppm(r.spec, r.base + mean, r.x_val, r.y_val)
+
+
+def test_mlp_coalition_kernel_matches_direct_fedavg_loss() -> None:
+    """The MLP's batched utility is the same real number as base + FedAvg(S) evaluated
+    directly; only where the first layer rounds differs, so at most 1 ppm apart."""
+    r = cases.build_mlp_round()
+    u = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    n = len(r.ids)
+    u.prefetch(frozenset(s) for k in range(n + 1) for s in itertools.combinations(r.ids, k))
+    for k in range(1, len(r.ids) + 1):
+        for rows in itertools.combinations(range(len(r.ids)), k):
+            assert abs(u(frozenset(r.ids[i] for i in rows)) - _direct_utility(r, rows)) <= 1
+    assert u(frozenset()) == 0
+
+
+def test_mlp_coalition_value_does_not_depend_on_its_batch() -> None:
+    """One coalition alone, in a batch with every other one, in reverse order or with a tiny
+    kernel workspace (narrow unit chunks): the same bits, so every validator agrees."""
+    r = cases.build_mlp_round(n_clients=5)
+    args = (r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    subsets = [frozenset(s) for k in range(1, 6) for s in itertools.combinations(r.ids, k)]
+    batched = compute_round_utility_fn(*args)
+    batched.prefetch(subsets)
+    reverse = compute_round_utility_fn(*args)
+    reverse.prefetch(reversed(subsets))
+    one_by_one = compute_round_utility_fn(*args)
+    values = {s: batched(s) for s in subsets}
+    assert values == {s: reverse(s) for s in subsets} == {s: one_by_one(s) for s in subsets}
+    original = contribution.KERNEL_WORKSPACE_BYTES
+    try:
+        contribution.KERNEL_WORKSPACE_BYTES = 4096  # one or two hidden units per chunk
+        narrow = compute_round_utility_fn(*args)
+        narrow.prefetch(subsets)
+        assert values == {s: narrow(s) for s in subsets}
+    finally:
+        contribution.KERNEL_WORKSPACE_BYTES = original
+
+
+def test_shapley_prefetch_changes_no_value_exact_and_monte_carlo() -> None:
+    """compute_shapley_ppm hands RoundUtility its coalitions in batches; a plain callable
+    around a fresh utility (no prefetch) gives the same values, exact and Monte-Carlo."""
+    r = cases.build_mlp_round(n_clients=6, hidden=20)
+    args = (r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    plain = compute_round_utility_fn(*args)
+    for kwargs in ({}, {"exact_players_max": 0, "permutations": 40}):
+        fast = compute_shapley_ppm(compute_round_utility_fn(*args), r.ids, seed=3, **kwargs)
+        slow = compute_shapley_ppm(lambda s: plain(s), r.ids, seed=3, **kwargs)
+        assert fast == slow
+
+
+def test_coalition_kernel_refuses_a_prefix_that_is_not_shared() -> None:
+    """The kernel trusts ``shared`` to reuse partial sums, so it checks it first."""
+    from fl import coalition_kernels
+
+    r = cases.build_mlp_round(n_clients=3, hidden=4)
+    spec = r.spec
+
+    def run(members: list[int], offsets: list[int], shared: list[int]) -> None:
+        count = len(offsets) - 1
+        coalition_kernels.compute_coalition_mean_losses(
+            r.x_val,
+            r.y_val.astype(np.float64),
+            r.base,
+            r.deltas.values,
+            np.asarray(r.weights, dtype=np.int64),
+            np.asarray(members, dtype=np.int64),
+            np.asarray(offsets, dtype=np.int64),
+            np.asarray(shared, dtype=np.int64),
+            np.ones(count),
+            np.full(count, 10.0),
+            1.0,
+            spec.n_features,
+            spec.hidden,
+            spec.n_classes,
+            False,
+            2,
+        )
+
+    run([0, 0, 1], [0, 1, 3], [0, 1])  # {0}, then {0, 1} reusing {0}: fine
+    for members, offsets, shared in (
+        ([0, 1, 2], [0, 1, 3], [0, 1]),  # {0} then {1, 2}: nothing is shared
+        ([1, 0], [0, 2], [0]),  # members out of order
+        ([0, 5], [0, 2], [0]),  # a member that is not a delta
+    ):
+        with pytest.raises(AssertionError):
+            run(members, offsets, shared)

@@ -119,3 +119,19 @@ def test_clip_and_noise() -> None:
     for vec, clip, z in bad:
         with pytest.raises(PrivacyInputError):
             clip_and_noise(vec, clip, z, rng)
+
+
+def test_composition_is_memoised_and_the_memo_changes_no_value() -> None:
+    """Hospitals with the same DP settings share a grouped history: computed once."""
+    from fl import privacy
+
+    history = [(1.1, 0.05, 40), (1.1, 0.05, 60)]
+    privacy.clear_epsilon_cache()
+    fresh = privacy.compute_composed_epsilon_micro(history, 1e-5)
+    before = privacy._compute_settings_epsilon_micro.cache_info()
+    # the same grouped history in another order and split: a hit, the same value
+    again = privacy.compute_composed_epsilon_micro([(1.1, 0.05, 100)], 1e-5)
+    after = privacy._compute_settings_epsilon_micro.cache_info()
+    assert again == fresh and after.hits == before.hits + 1 and after.misses == before.misses
+    privacy.clear_epsilon_cache()
+    assert privacy.compute_composed_epsilon_micro(history[::-1], 1e-5) == fresh

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -55,6 +56,8 @@ GOLDEN = {
         [6, 28449],
         [7, 17563],
     ],
+    # MLP through fl.coalition_kernels (equal to the direct FedAvg evaluation on this case)
+    "shapley_mlp": [[0, 7183], [1, 3537], [2, -45836], [3, 39219], [4, -1430], [5, -1619]],
 }
 
 
@@ -205,3 +208,51 @@ def test_digest_detects_copies_and_zero_updates() -> None:
     assert len({get_update_digest(a), get_update_digest(c), get_update_digest(d)}) == 3
     assert not is_zero_update(a)
     assert is_zero_update(quantize(np.zeros(3), 12))
+
+
+def _mlp_loss_one_row_at_a_time(
+    x: np.ndarray, y: np.ndarray, p: np.ndarray, f: int, h: int, c: int
+) -> float:
+    """The sum order the chain defines, written as the plain per-row loop (pure Python)."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        hid = []
+        for j in range(h):
+            acc = 0.0
+            for k in range(f):
+                acc += float(x[i, k]) * float(p[k * h + j])
+            acc += float(p[f * h + j])
+            hid.append(acc if acc > 0.0 else 0.0)
+        out = []
+        for l_out in range(c):
+            acc = 0.0
+            for j in range(h):
+                acc += hid[j] * float(p[f * h + h + j * c + l_out])
+            out.append(acc + float(p[f * h + h + h * c + l_out]))
+        if c == 1:
+            r = out[0] - float(y[i])
+            total += 0.5 * (r * r)
+        else:
+            mx = max(out)
+            s = 0.0
+            for v in out:
+                s += math.exp(v - mx)
+            total += math.log(s) + mx - out[int(y[i])]
+    return total / x.shape[0]
+
+
+@pytest.mark.parametrize(("h", "c", "m"), [(300, 3, 7), (257, 1, 5), (3, 2, 9)])
+def test_blocked_mlp_kernel_keeps_the_sequential_bits(h: int, c: int, m: int) -> None:
+    """Chunks of hidden units and blocks of 4 rows (the fast kernel) change no bit."""
+    from fl import eval_kernels
+
+    rng = np.random.default_rng(h)
+    f = 6
+    spec = ModelSpec("mlp", f, n_classes=c, hidden=h)
+    x = rng.normal(size=(m, f))
+    y = rng.normal(size=m) if c == 1 else rng.integers(0, c, size=m).astype(np.float64)
+    p = rng.normal(size=compute_param_count(spec)) * 0.3
+    got = eval_kernels.compute_mean_loss(
+        eval_kernels.KIND_MLP, x, y, p, f, h, c, spec.is_regression, 0.0
+    )
+    assert got == _mlp_loss_one_row_at_a_time(x, y, p, f, h, c)
