@@ -149,6 +149,11 @@ class TransportConfig:
     inbound_queue_frames: dict[TrafficClass, int] = field(
         default_factory=lambda: {TrafficClass.CONSENSUS: 4096, TrafficClass.TRANSACTIONS: 1024}
     )
+    # Bytes too: frames may be 16 MiB, so a count alone would allow gigabytes queued.
+    inbound_queue_bytes: dict[TrafficClass, int] = field(
+        default_factory=lambda: {TrafficClass.CONSENSUS: 4 * FRAME_SIZE_MAX_BYTES,
+                                 TrafficClass.TRANSACTIONS: 2 * FRAME_SIZE_MAX_BYTES}
+    )
     dial_backoff_initial_s: float = 0.05
     dial_backoff_max_s: float = 2.0
     dial_timeout_s: float = 5.0
@@ -158,6 +163,7 @@ class TransportConfig:
     def __post_init__(self) -> None:
         assert 0 < self.frame_size_max_bytes < 2**32
         assert all(n > 0 for n in self.outbound_queue_frames.values())
+        assert all(n >= self.frame_size_max_bytes for n in self.inbound_queue_bytes.values())
         assert all(n > 0 for n in self.inbound_queue_frames.values())
         assert set(self.outbound_queue_frames) == set(TrafficClass)
         assert set(self.inbound_queue_frames) == set(TrafficClass)
@@ -306,25 +312,20 @@ class Transport:
                 self._outbound_receive[(peer, traffic)] = receive
                 self._connected[(peer, traffic)] = False
 
-        self._inbound_send: dict[TrafficClass, trio.MemorySendChannel[tuple[int, bytes]]] = {}
-        self._inbound_receive: dict[TrafficClass, trio.MemoryReceiveChannel[tuple[int, bytes]]] = {}
-        for traffic in TrafficClass:
-            send_in, receive_in = trio.open_memory_channel[tuple[int, bytes]](
-                self.config.inbound_queue_frames[traffic]
-            )
-            self._inbound_send[traffic] = send_in
-            self._inbound_receive[traffic] = receive_in
+        self._inbound: dict[TrafficClass, InboundQueue] = {
+            traffic: InboundQueue(self.config.inbound_queue_frames[traffic],
+                                  self.config.inbound_queue_bytes[traffic])
+            for traffic in TrafficClass
+        }
 
         self.host: IHost | None = None
         self._running = False
 
     # -- public API -------------------------------------------------------------
 
-    def inbound(self, traffic: TrafficClass = TrafficClass.CONSENSUS) -> (
-        trio.MemoryReceiveChannel[tuple[int, bytes]]
-    ):
-        """The bounded channel of ``(from_index, frame)`` received on ``traffic``."""
-        return self._inbound_receive[traffic]
+    def inbound(self, traffic: TrafficClass = TrafficClass.CONSENSUS) -> InboundQueue:
+        """The bounded queue of ``(from_index, frame)`` received on ``traffic``."""
+        return self._inbound[traffic]
 
     def send(
         self, to_index: int, frame: bytes, traffic: TrafficClass = TrafficClass.CONSENSUS
@@ -567,7 +568,7 @@ class Transport:
             await _reset_quietly(stream)
             return
         metrics = self.metrics[peer]
-        inbound = self._inbound_send[traffic]
+        inbound = self._inbound[traffic]
         reader = _FrameReader(stream)
         try:
             while True:
@@ -579,9 +580,7 @@ class Transport:
                 frame = await reader.read_exactly(length)
                 metrics.frames_received += 1
                 metrics.bytes_received += length
-                try:
-                    inbound.send_nowait((peer, frame))
-                except trio.WouldBlock:
+                if not inbound.put_nowait((peer, frame)):
                     metrics.drops[DROP_INBOUND_FULL] += 1
         except _StreamEnded:
             return
@@ -591,6 +590,52 @@ class Transport:
         finally:
             with trio.CancelScope(shield=True):
                 await _reset_quietly(stream)
+
+
+class InboundQueue:
+    """Received ``(from_index, frame)`` pairs, bounded in frames and in bytes.
+
+    ``put_nowait`` refuses (False) rather than waits: a reader that blocked would stall
+    its stream and, through flow control, the peer's other traffic on the connection."""
+
+    def __init__(self, frames_max: int, bytes_max: int) -> None:
+        assert frames_max > 0 and bytes_max > 0
+        self._send, self._receive = trio.open_memory_channel[tuple[int, bytes]](frames_max)
+        self.bytes_max = bytes_max
+        self.bytes_queued = 0
+
+    def put_nowait(self, item: tuple[int, bytes]) -> bool:
+        if self.bytes_queued + len(item[1]) > self.bytes_max:
+            return False
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        self.bytes_queued += len(item[1])
+        return True
+
+    def _taken(self, item: tuple[int, bytes]) -> tuple[int, bytes]:
+        self.bytes_queued -= len(item[1])
+        assert self.bytes_queued >= 0
+        return item
+
+    async def receive(self) -> tuple[int, bytes]:
+        return self._taken(await self._receive.receive())
+
+    def receive_nowait(self) -> tuple[int, bytes]:
+        return self._taken(self._receive.receive_nowait())
+
+    def statistics(self) -> Any:
+        return self._receive.statistics()
+
+    def __aiter__(self) -> InboundQueue:
+        return self
+
+    async def __anext__(self) -> tuple[int, bytes]:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
 
 class _StreamEnded(Exception):

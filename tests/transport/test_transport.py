@@ -20,6 +20,7 @@ from node.transport import (
     DROP_QUEUE_FULL,
     PROTOCOL_IDS,
     FaultConfig,
+    InboundQueue,
     LinkFault,
     TrafficClass,
     Transport,
@@ -284,3 +285,18 @@ def test_transport_rejects_inconsistent_validator_sets() -> None:
     duplicate = [validators[0], ValidatorAddress(1, keys[0].public_key, HOST, 2)]
     with pytest.raises(Exception, match="share a public key"):
         Transport(keys[0], HOST, 1, duplicate)
+
+
+def test_inbound_queue_is_bounded_in_frames_and_in_bytes_and_frees_what_is_taken() -> None:
+    async def body() -> None:
+        queue = InboundQueue(frames_max=3, bytes_max=100)
+        assert queue.put_nowait((0, b"a" * 60)) and queue.put_nowait((1, b"b" * 40))
+        assert not queue.put_nowait((2, b"c"))  # 100 bytes queued: one more byte is refused
+        assert await queue.receive() == (0, b"a" * 60)
+        assert queue.bytes_queued == 40
+        assert queue.put_nowait((2, b"c" * 30)) and queue.put_nowait((3, b""))
+        assert not queue.put_nowait((4, b""))  # three frames queued
+        assert [queue.receive_nowait()[0] for _ in range(3)] == [1, 2, 3]
+        assert queue.bytes_queued == 0
+
+    trio.run(body)
