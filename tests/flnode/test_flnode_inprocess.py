@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import node.learning as learning
 from node.api import SETTINGS_KEY, create_app, get_openapi_document
 from node.commands import start, testnet
-from node.config import Config
+from node.config import Config, load_config
 from node.genesis import load_genesis
 from node.learning_api import get_learning_account, get_learning_routes, load_model_npy
 from node.ledger import State
@@ -199,6 +199,9 @@ def test_testnet_of_a_big_committee_gives_every_hospital_disjoint_rows(
         assert len(lines) >= 5
         rows += lines
     assert len(rows) == len(set(rows))
+    # All n validators share this machine: the view-change timeout grows with n.
+    config = load_config(out / "node0" / "config" / "config.toml")
+    assert config.consensus.view_change_timeout_ticks == 60 * validators // 4
 
 
 def test_start_refuses_a_genesis_whose_validation_set_it_cannot_rebuild(
