@@ -151,3 +151,22 @@ def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits() -> No
         cluster.step()
     assert len(relayed) == batches
     assert cluster.drivers[origin].mempool.get_metrics()["mempool_relay_retries"] == retries
+
+
+def test_a_slow_chain_stretches_the_retry_to_twice_the_commit_latency() -> None:
+    cluster = Cluster()
+    state = get_genesis_state(cluster.genesis)
+    pool = make_pool(cluster)
+    committed = [transfer(0, n) for n in range(40)]
+    waiting = transfer(1, 0)
+    for tx in [*committed, waiting]:
+        assert pool.admit(tx, state, 0, SOURCE_LOCAL).ok
+    assert len(pool.take_relay_batch(100, 10**6, 0)) == 41
+    for tx in committed:  # each took 10 s from admission to commit
+        pool.update(state, [get_tx_hash(tx)], committed_at_ms=10_000)
+    latency_ms = pool.get_metrics()["mempool_commit_latency_ms"]
+    assert 9_000 < latency_ms < 10_000  # the running mean approaches 10 s
+    assert pool.take_relay_batch(10, 10**6, 1_000) == [waiting]  # scheduled before: 1 s
+    assert pool.take_relay_batch(10, 10**6, 3_000) == []  # not at 2 s: the chain is slow
+    assert pool.take_relay_batch(10, 10**6, 1_000 + 2 * latency_ms - 10) == []
+    assert pool.take_relay_batch(10, 10**6, 1_000 + 2 * latency_ms + 10) == [waiting]
