@@ -176,7 +176,9 @@ EVIDENCE_REPORTED_MAX = 1024
 EVICT_EVIDENCE_RECORDED = "evidence_recorded"
 DROP_REASONS_MAX = 64
 PROPOSALS_PER_EVENT_MAX = 8
-PARTIAL_BLOCKS_IN_FLIGHT_MAX = 2  # proposed, not delivered; full blocks are not held back
+# Proposed, not delivered; full blocks are not held back. 2 held a healthy n = 4 chain at
+# 2,000 tx/s to 2.4 blocks/s (p99 2.3 s); at 4 it keeps ~4.3 blocks/s and p99 0.84 s.
+PARTIAL_BLOCKS_IN_FLIGHT_MAX = 4
 RELAY_BATCH_TXS_MAX = 2_000
 RELAY_BATCH_BYTES_MAX = 1024 * 1024
 RELAY_INTERVAL_S = 0.02
