@@ -176,9 +176,11 @@ EVIDENCE_REPORTED_MAX = 1024
 EVICT_EVIDENCE_RECORDED = "evidence_recorded"
 DROP_REASONS_MAX = 64
 PROPOSALS_PER_EVENT_MAX = 8
-# Proposed, not delivered; full blocks are not held back. 2 held a healthy n = 4 chain at
-# 2,000 tx/s to 2.4 blocks/s (p99 2.3 s); at 4 it keeps ~4.3 blocks/s and p99 0.84 s.
-PARTIAL_BLOCKS_IN_FLIGHT_MAX = 4
+# Proposed, not delivered; full blocks are not held back. Sweeps of n = 4..16 on 2 cores
+# (docs/benchmarks.md): 2 kept n = 7 at 1,500-1,700 tx/s under overload, where 4 let it
+# fall to 170-240 (smaller blocks, more instances); n = 4 at 2,000 tx/s keeps its
+# throughput with 2 but pays latency (p99 2.3 s vs 0.6 s unbounded).
+PARTIAL_BLOCKS_IN_FLIGHT_MAX = 2
 RELAY_BATCH_TXS_MAX = 2_000
 RELAY_BATCH_BYTES_MAX = 1024 * 1024
 RELAY_INTERVAL_S = 0.02
