@@ -580,8 +580,12 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
     elapsed = after.time - before.time
     in_window = [b for b in blocks if window[0] <= b.committed_at < window[1]]
     committed_in_window = sum(len(b.tx_hashes) for b in in_window)
+    # Only txs this step's submission put in the pool: a "duplicate" (a tx of an earlier
+    # step still pending when this one began, same account and nonce, same bytes) may
+    # have committed before it was sent again, which gave negative latencies at N = 16.
     latencies = [committed_at[h] - t for h, t in submitted.items()
-                 if window[0] <= t < window[1] and h in committed_at]
+                 if window[0] <= t < window[1] and h in committed_at
+                 and statuses.get(h) == "accepted"]
     offered = sum(1 for t in submitted.values() if window[0] <= t < window[1])
     rejected: dict[str, int] = {}
     for status in statuses.values():

@@ -132,3 +132,19 @@ def test_a_rejected_tx_strands_only_the_later_txs_of_its_own_account() -> None:
     assert consensus.get_stranded(results, statuses, {"a2", "a3", "b1"}) == 2
     assert consensus.get_stranded(results, statuses, {"a3"}) == 1
     assert consensus.get_stranded(results, statuses, {"b1", "c0"}) == 0
+
+
+def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
+    # "d" was pending from an earlier step, committed at 101 s and sent again at 102 s: a
+    # duplicate, whose "latency" would be negative. Only "a" (accepted now) is a sample.
+    before = consensus.Snapshot(100.0, [0.0] * 4, [{}] * 4)
+    after = consensus.Snapshot(110.0, [1.0] * 4, [{}] * 4)
+    blocks = [consensus.ObservedBlock(1, 101.0, ["a", "d"])]
+    step = consensus.StepConfig(1000.0, 2.0, 10.0, 30.0, 1, 250, 0)
+    run = consensus.summarise(
+        step, before, after, blocks, submitted={"a": 100.5, "d": 102.0},
+        statuses={"a": "accepted", "d": "duplicate"}, accepted={"a"},
+        committed_at={"a": 101.0, "d": 101.0},
+        results=[{"account_hashes": [["a"], ["d"]], "unsent": 0, "retries": 0}])
+    assert run["latency_s"]["samples"] == 1 and run["latency_s"]["max"] == 0.5
+    assert run["accounting"]["duplicate"] == 1 and run["accounting"]["missing"] == 0
