@@ -353,6 +353,9 @@ def test_submit_maps_mempool_reasons_to_service_codes() -> None:
     rejected = driver.submit_tx(b"\x02\x01garbage")
     assert (rejected.status, rejected.code) == ("rejected", REJECT_INVALID_TX)
     assert driver.submit_tx(transfer(0, 5_000)).code == REJECT_BAD_NONCE
+    gauges = driver.get_metrics().extra_gauges  # the pool's own counters, exported
+    assert gauges["bcfl_mempool_rejected_decode_total"] == 1.0
+    assert gauges["bcfl_mempool_rejected_nonce_too_far_ahead_total"] == 1.0
     tx = transfer(0, 0)
     assert driver.submit_tx(tx).status == "accepted"
     assert driver.submit_tx(tx).status == "duplicate"
