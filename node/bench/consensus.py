@@ -47,7 +47,6 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -73,6 +72,7 @@ RETRY_CODES = frozenset({"overloaded", "mempool_full", "sender_queue_full"})
 NONCE_WINDOW = 64  # the mempool's nonce_gap_max: txs per account ahead of the chain
 START_DELAY_S = 0.5
 VALIDATORS_ALLOWED = (4, 7, 10, 16)
+BASE_PORT_DEFAULT = 21_000
 DEFAULT_OUTPUT = Path("bench-results/consensus")
 TABLE_COLUMNS = (  # (header, width, value of a run)
     ("N", 3, lambda r: r["validators"]),
@@ -327,22 +327,6 @@ def run_loader(spec: LoaderSpec, ready: Any, start: Any) -> None:
 # --- the localnet ---------------------------------------------------------------------
 
 
-def get_free_base_port(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (checked by binding)."""
-    for base in range(27000, 60000, 97):
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
-
-
 def start_profiled_node(home: Path, profile_path: Path) -> None:
     """Start a node under pyinstrument (it writes its profile when the node exits cleanly)."""
     import subprocess
@@ -359,11 +343,12 @@ def start_profiled_node(home: Path, profile_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_localnet(n: int, accounts: int, directory: Path,
+def open_localnet(n: int, accounts: int, directory: Path, base_port: int,
                   profile_path: Path | None = None) -> Iterator[list[Path]]:
     from node.commands import localnet, testnet
+    from node.commands.demo import find_free_base_port
 
-    base = get_free_base_port(2 * n)
+    base = find_free_base_port(base_port, 2 * n)
     with contextlib.redirect_stdout(sys.stderr):
         code = testnet.main(["--validators", str(n), "--output", str(directory),
                              "--base-port", str(base), "--accounts", str(accounts)])
@@ -745,6 +730,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile-node0", type=Path, metavar="FILE",
                         help="run validator 0 under pyinstrument; text profile to FILE.n<N>.txt")
     parser.add_argument("--keep", action="store_true", help="keep the localnet directories")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT_DEFAULT,
+                        help="first port to try for the localnet (the first free block of 2N "
+                             f"from here; default {BASE_PORT_DEFAULT}, below Linux's "
+                             "ephemeral range so outgoing connections cannot take them)")
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.validators.split(",") if s]
@@ -807,7 +796,7 @@ def main(argv: list[str]) -> int:
             directory = root / f"n{n}"
             profile = (None if args.profile_node0 is None
                        else args.profile_node0.with_suffix(f".n{n}.txt"))
-            with open_localnet(n, args.accounts, directory, profile) as homes:
+            with open_localnet(n, args.accounts, directory, args.base_port, profile) as homes:
                 key_paths = sorted((directory / "accounts").glob("client-*.json"))
                 steps = [StepConfig(rate, args.warmup, args.duration, args.drain_timeout,
                                     args.loaders, args.batch, args.closed_loop_txs)

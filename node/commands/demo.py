@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -112,20 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 def find_free_base_port(start: int, count: int, tries: int = 200) -> int:
     """The first base >= start with ``count`` consecutive free loopback ports."""
     for base in range(start, start + 2 * count * tries, 2 * count):
-        if all(_is_free(port) for port in range(base, base + count)):
+        if not testnet.find_ports_in_use("127.0.0.1", list(range(base, base + count))):
             return base
     raise RuntimeError(f"no {count} free consecutive ports from {start}")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import pytest
 from node.bench import common, consensus, core, transport
 from node.bench import round as round_bench
 from node.keys import KeyPair
+from tests.ports import find_free_port_block
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -106,6 +107,7 @@ def test_consensus_accounts_for_every_tx(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = consensus.main(["--validators", "4", "--rate", "100", "--duration", "2",
+                           "--base-port", str(find_free_port_block(8)),
                            "--warmup", "0.5", "--accounts", "20", "--ceiling-seconds", "0.2",
                            "--output", str(out), "--no-plots"])
     report = json.loads((out / "consensus.json").read_text())
