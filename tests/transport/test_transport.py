@@ -10,6 +10,7 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from node.keys import KeyPair
 from node.transport import (
@@ -29,6 +30,7 @@ from node.transport import (
     create_libp2p_host,
     encode_frame_header,
     get_multiaddr,
+    install_yamux_window_rule,
 )
 
 HOST = "127.0.0.1"
@@ -118,6 +120,47 @@ def test_large_frames_arrive_intact() -> None:
                     assert a.send(1, frame)
                 assert await receive_n(b, len(frames)) == [(0, f) for f in frames]
 
+    trio.run(main)
+
+
+def test_yamux_credit_is_returned_per_half_window_not_per_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small frames one at a time: libp2p 0.8.1 answered every read with a WINDOW_UPDATE;
+    with go-yamux's rule the receiver sends one per half window consumed. 16 MiB more
+    than fills the window many times over, so credit must keep flowing or it stalls."""
+    updates: list[int] = []
+    original = YamuxStream.send_window_update
+
+    async def counting(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await original(self, increment, skip_lock)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counting)
+
+    async def main() -> None:
+        keys, validators = make_validator_set(2)
+        a, b = (make_transport(keys, validators, i) for i in range(2))
+        async with running(a, b):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                assert a.send(1, b"hello")
+                assert await receive_n(b, 1) == [(0, b"hello")]
+                updates.clear()
+                small = [i.to_bytes(4, "little") * 100 for i in range(1000)]  # 400 KB
+                for frame in small:  # fewer than the inbound queue holds
+                    await a.send_wait(1, frame, TrafficClass.TRANSACTIONS)
+                    await trio.sleep(0)  # a trickle: about one frame per read
+                got = await receive_n(b, len(small), TrafficClass.TRANSACTIONS)
+                assert got == [(0, f) for f in small]
+                small_updates = len(updates)
+                big = bytes(range(256)) * (16 * 1024 * 1024 // 256 - 64)
+                assert a.send(1, big)
+                assert await receive_n(b, 1) == [(0, big)]
+        assert 1 <= small_updates <= 10  # 400 KB over a 256 KiB window: a few, not 1,000
+        half_window_bytes = 128 * 1024
+        assert all(increment >= half_window_bytes for increment in updates)
+
+    install_yamux_window_rule()
     trio.run(main)
 
 
