@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -192,6 +192,8 @@ STATUS_INTERVAL_TICKS_N4 = 10
 RELAY_IDLE_WAIT_MAX_S = 0.5  # an idle relay loop still looks this often (e.g. evidence txs)
 CONSENSUS_FRAMES_PER_YIELD = 64
 TX_BATCH_WAIT_YIELDS_MAX = 64
+# Txs admitted between two looks at the consensus queue: ~50 signature checks, a few ms.
+ADMIT_CHUNK_TXS = 50
 MEMPOOL_EXPIRY_TICKS = 20
 
 MEMPOOL_REASON_CODES = {
@@ -719,14 +721,20 @@ class Driver:
             logger.debug("dropped a bad frame from validator %d: %s", sender, exc)
 
     def on_tx_batch_frame(self, sender: int, frame: bytes) -> None:
+        self.admit_peer_txs(self.decode_peer_tx_batch(frame))
+
+    def decode_peer_tx_batch(self, frame: bytes) -> Sequence[bytes]:
+        """A peer's relay frame as tx bytes (empty, and counted, if it is not one)."""
         if get_frame_kind(frame) != FRAME_TX_BATCH:
             self.count_drop("unknown_frame_kind")
-            return
+            return ()
         try:
-            txs = decode_tx_batch(frame, self.limits)
+            return decode_tx_batch(frame, self.limits)
         except DecodeError:
             self.count_drop("decode_tx_batch")
-            return
+            return ()
+
+    def admit_peer_txs(self, txs: Iterable[bytes]) -> None:
         now_ms = self.wall_ms()
         for tx in txs:
             self.mempool.admit(tx, self.state, now_ms, SOURCE_PEER)
@@ -923,14 +931,32 @@ class Node:
                 await trio.sleep(0)
 
     async def _tx_loop(self) -> None:
+        async for _sender, frame in self.transport.inbound(TrafficClass.TRANSACTIONS):
+            txs = self.driver.decode_peer_tx_batch(frame)
+            for start in range(0, len(txs), ADMIT_CHUNK_TXS):
+                await self._let_consensus_go_first()
+                self.driver.admit_peer_txs(txs[start : start + ADMIT_CHUNK_TXS])
+
+    async def _let_consensus_go_first(self) -> None:
+        """Between chunks of tx admission, let consensus frames that have arrived be
+        handled first (bounded). Admitting a whole relay batch (hundreds of signature
+        checks) at once held a PRE-PREPARE or a vote behind it for that long, and a
+        validator with 1/16 of a core took a second or more per phase at n = 16."""
         consensus = self.transport.inbound(TrafficClass.CONSENSUS)
-        async for sender, frame in self.transport.inbound(TrafficClass.TRANSACTIONS):
-            # Consensus first: let waiting consensus frames go before this batch (bounded).
-            for _ in range(TX_BATCH_WAIT_YIELDS_MAX):
-                if consensus.statistics().current_buffer_used == 0:
-                    break
-                await trio.sleep(0)
-            self.driver.on_tx_batch_frame(sender, frame)
+        await trio.sleep(0)  # the stream readers move what has arrived into the queue
+        for _ in range(TX_BATCH_WAIT_YIELDS_MAX):
+            if consensus.is_consumer_idle():
+                break
+            await trio.sleep(0)
+
+    async def _submit_txs(self, payload: Sequence[bytes]) -> list[SubmitResult]:
+        results: list[SubmitResult] = []
+        for start in range(0, len(payload), ADMIT_CHUNK_TXS):
+            if start:
+                await self._let_consensus_go_first()
+            chunk = payload[start : start + ADMIT_CHUNK_TXS]
+            results.extend(self.driver.submit_tx(tx_bytes) for tx_bytes in chunk)
+        return results
 
     async def _tick_loop(self) -> None:
         deadline = trio.current_time()
@@ -961,6 +987,9 @@ class Node:
         while True:
             request = await bridge.receive_request()
             try:
+                if request.kind == "submit_txs":  # bounded by the API's batch limit
+                    request.reply(await self._submit_txs(request.payload))
+                    continue
                 request.reply(self._answer(request.kind, request.payload))
             except Exception as exc:  # one bad request must not stop the node
                 logger.exception("API request %s failed", request.kind)
@@ -970,8 +999,6 @@ class Node:
         d = self.driver
         if kind == "submit_tx":
             return d.submit_tx(payload)
-        if kind == "submit_txs":  # bounded by the API's batch limit
-            return [d.submit_tx(tx_bytes) for tx_bytes in payload]
         if kind == "get_tx":
             return d.get_tx(payload)
         if kind == "get_block":

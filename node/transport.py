@@ -662,6 +662,13 @@ class InboundQueue:
     def statistics(self) -> Any:
         return self._receive.statistics()
 
+    def is_consumer_idle(self) -> bool:
+        """Nothing queued and the consumer waits for more. A frame put while the consumer
+        waits goes straight to it (the buffer stays empty), so an empty buffer alone does
+        not say the frame has been handled."""
+        stats = self._receive.statistics()
+        return bool(stats.current_buffer_used == 0 and stats.tasks_waiting_receive > 0)
+
     def __aiter__(self) -> InboundQueue:
         return self
 
