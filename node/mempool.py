@@ -388,9 +388,16 @@ class Mempool:
 
     # --- reap --------------------------------------------------------------------
 
-    def reap(self, max_txs: int, max_bytes: int, state: State) -> list[bytes]:
-        """Txs for the next block on ``state``: valid in sequence, fair across senders, bounded."""
-        builder = BlockBuilder(state, self.context, self.signature_cache)
+    def reap(
+        self, max_txs: int, max_bytes: int, state: State, builder: BlockBuilder | None = None
+    ) -> list[bytes]:
+        """Txs for the next block on ``state``: valid in sequence, fair across senders, bounded.
+
+        Each is applied on ``builder`` as it is chosen (a proposer passes the block's own
+        builder and finishes the block from it); without one, on a throwaway builder."""
+        if builder is None:
+            builder = BlockBuilder(state, self.context, self.signature_cache)
+        assert len(builder) == 0, "reap fills an empty builder"
         queues: list[list[_Entry]] = []
         for sender, by_nonce in self._by_sender.items():
             start = get_account(state, sender).nonce
@@ -413,7 +420,7 @@ class Mempool:
                 entry = queues[q][position[q]]
                 if size_bytes + len(entry.tx_bytes) > max_bytes:
                     continue  # too big for what is left; this sender's later txs wait too
-                if builder.try_add(entry.tx, entry.tx_hash) is not None:
+                if builder.try_add(entry.tx, entry.tx_hash, entry.tx_bytes) is not None:
                     continue  # fails here (e.g. balance); its successors cannot apply either
                 out.append(entry.tx_bytes)
                 size_bytes += len(entry.tx_bytes)

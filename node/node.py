@@ -116,11 +116,11 @@ from node.keys import KeyPair
 from node.learning_api import get_learning_account
 from node.ledger import (
     AppliedBlock,
+    BlockBuilder,
     BlockInvalid,
     ChainContext,
     State,
     apply_block,
-    build_block,
     get_account,
 )
 from node.mempool import (
@@ -643,7 +643,12 @@ class Driver:
             now < self.next_build_check or not len(self.mempool)
         ):
             return False
-        txs = self.mempool.reap(self.block_txs_max, self.block_size_max_bytes - 4096, parent_state)
+        builder = BlockBuilder(
+            parent_state, self.context, self.mempool.signature_cache, self.index, self.wall_ms()
+        )
+        txs = self.mempool.reap(
+            self.block_txs_max, self.block_size_max_bytes - 4096, parent_state, builder
+        )
         if not txs and not empty_due:
             self.next_build_check = now + self.build_interval_s
             self._defer_full_reap(slot, 0)
@@ -657,15 +662,7 @@ class Driver:
             self._defer_full_reap(slot, len(txs))  # "full" counted in-flight txs
             return False
         self.full_reap_deferral = None
-        built = build_block(
-            parent_state,
-            txs,
-            self.context,
-            self.index,
-            slot.view,
-            self.wall_ms(),
-            self.mempool.signature_cache,
-        )
+        built = builder.finish(slot.view)  # the reaped txs, applied once while reaping
         self.checker.remember(built.applied)
         self.last_proposal_time = now
         self.next_build_check = now + self.build_interval_s

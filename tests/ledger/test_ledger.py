@@ -242,3 +242,27 @@ def test_builder_and_validator_agree_and_supply_is_conserved(
                 continue  # a genesis hook's entry (e.g. node.evidence's validator keys)
             account = ledger.decode_account(value)
             assert account != ledger.ZERO_ACCOUNT, key
+
+
+def test_block_builder_keeps_the_block_limits_and_refuses_a_repeat_without_changes() -> None:
+    genesis = make_genesis({0: 1_000, 1: 1_000})
+    context = dataclasses.replace(
+        make_context(genesis), limits=dataclasses.replace(ledger.DEFAULT_LIMITS, block_txs_max=2)
+    )
+    state = ledger.get_genesis_state(genesis)
+    txs = [make_transfer(0, 0, 1, 5), make_transfer(0, 1, 1, 5), make_transfer(1, 0, 0, 5)]
+    decoded = [(ledger.decode_tx(tx), ledger.get_tx_hash(tx), tx) for tx in txs]
+    builder = ledger.BlockBuilder(state, context, None, 1, 5_000)
+    assert builder.try_add(*decoded[0]) is None
+    assert builder.try_add(*decoded[0]) == ledger.REASON_DUPLICATE_TX
+    assert builder.try_add(*decoded[1]) is None
+    assert builder.try_add(*decoded[2]) == ledger.REASON_TOO_LARGE
+    built = builder.finish(0)
+    assert built.block.txs == tuple(txs[:2])
+    assert built.block.header.proposer_index == 1 and built.block.header.time_ms == 5_000
+    # The other side: the validator's loop accepts it and reaches the same post-state.
+    applied = ledger.apply_block(state, built.block, context)
+    assert applied.state.state_root == built.applied.state.state_root
+    assert ledger.get_account(applied.state, KEYS[0].public_key).nonce == 2
+    with pytest.raises(AssertionError):
+        builder.try_add(*decoded[2])

@@ -221,9 +221,16 @@ def test_random_traffic_keeps_the_pool_consistent() -> None:
         tx = make_transfer(sender, nonce, rng.randrange(5), rng.randrange(60))
         pool.admit(tx if rng.random() > 0.05 else os.urandom(20), state, step, SOURCE_LOCAL)
         if step % 10 == 9:
-            reaped = pool.reap(8, 10**6, state)
-            built = build_block(state, reaped, CONTEXT, 0, 0, 2000 + step)
+            # A proposer reaps into the block's own builder and finishes from it (one
+            # pass); building the reaped txs afresh must give the same block.
+            builder = ledger.BlockBuilder(state, CONTEXT, None, step % 4, 2000 + step)
+            reaped = pool.reap(8, 10**6, state, builder)
+            one_pass = builder.finish(0)
+            built = build_block(state, reaped, CONTEXT, step % 4, 0, 2000 + step)
             assert not built.dropped  # reap only hands out what applies
+            assert one_pass.block == built.block
+            assert one_pass.applied.block_hash == built.applied.block_hash
+            assert dict(one_pass.applied.diff) == dict(built.applied.diff)
             applied = apply_block(state, built.block, CONTEXT)
             state = applied.state
             pool.update(state, applied.tx_hashes, step)
