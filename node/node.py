@@ -185,6 +185,7 @@ MEMPOOL_GAUGES = frozenset(
 # fall to 170-240 (smaller blocks, more instances); n = 4 at 2,000 tx/s keeps its
 # throughput with 2 but pays latency (p99 2.3 s vs 0.6 s unbounded).
 PARTIAL_BLOCKS_IN_FLIGHT_MAX = 2
+PARTIAL_BLOCK_TXS_PER_VALIDATOR = 25
 RELAY_BATCH_TXS_MAX = 2_000
 RELAY_BATCH_BYTES_MAX = 1024 * 1024
 RELAY_INTERVAL_S = 0.02
@@ -296,6 +297,15 @@ def get_node_index(genesis: Genesis, key: KeyPair) -> int:
     )
 
 
+def get_partial_block_txs_min(n: int, block_txs_max: int) -> int:
+    """The fewest txs for a block proposed while one of ours is still in flight (with
+    none in flight any block goes). Each instance costs every replica about 2n signed
+    votes and frames, so blocks must grow with n to stay mostly txs: at n = 16 on 2
+    cores, the primary proposing as soon as the pipeline had room ran 2.8 blocks/s of
+    35 txs and committed less than blocks of ~390 did (docs/benchmarks.md)."""
+    return max(1, min(PARTIAL_BLOCK_TXS_PER_VALIDATOR * n, block_txs_max // 2))
+
+
 def get_status_interval_ticks(n: int, view_change_timeout_ticks: int) -> int:
     """How often a replica broadcasts STATUS (catch-up only): every 10 ticks for 4
     validators, longer in proportion to n so each replica receives about as many per
@@ -385,6 +395,9 @@ class Driver:
         tick_s = config.consensus.tick_ms / 1000
         view_change_s = config.consensus.view_change_timeout_ticks * tick_s
         self.build_interval_s = config.block.build_interval_ms / 1000
+        self.partial_block_txs_min = get_partial_block_txs_min(
+            len(genesis.validators), self.block_txs_max)
+        self.proposed_txs: dict[int, int] = {}  # our proposals not yet delivered: seq -> txs
         self.empty_block_interval_s = min(
             config.consensus.propose_timeout_ticks * tick_s, view_change_s / 3
         )
@@ -614,6 +627,7 @@ class Driver:
         if self.replica.view != self.last_view:
             self.view_changes_total += max(0, self.replica.view - self.last_view)
             self.last_view = self.replica.view
+            self.proposed_txs.clear()  # an old view's proposals are not in flight any more
         for _ in range(PROPOSALS_PER_EVENT_MAX):
             if self.halted is not None or not self._maybe_propose():
                 return
@@ -639,6 +653,11 @@ class Driver:
         busy = in_flight >= PARTIAL_BLOCKS_IN_FLIGHT_MAX
         if busy and not full:
             return False
+        # Pipelined blocks only when worth their votes (get_partial_block_txs_min); no
+        # empty heartbeat block either while one of ours is in flight.
+        pipelined_small = in_flight > 0 and not full
+        if pipelined_small and self._count_unproposed_txs() < self.partial_block_txs_min:
+            return False
         if not (empty_due or full) and (
             now < self.next_build_check or not len(self.mempool)
         ):
@@ -661,6 +680,9 @@ class Driver:
         if busy and len(txs) < self.block_txs_max:
             self._defer_full_reap(slot, len(txs))  # "full" counted in-flight txs
             return False
+        if pipelined_small and len(txs) < self.partial_block_txs_min:
+            self.next_build_check = now + self.build_interval_s  # e.g. txs behind nonce gaps
+            return False
         self.full_reap_deferral = None
         built = builder.finish(slot.view)  # the reaped txs, applied once while reaping
         self.checker.remember(built.applied)
@@ -668,10 +690,19 @@ class Driver:
         self.next_build_check = now + self.build_interval_s
         self.proposals_total += 1
         self.seen_times.setdefault(slot.seq, now)
+        self.proposed_txs[slot.seq] = len(built.block.txs)
         payload = encode_block(built.block)
         actions = self.replica.handle(Proposal(slot.view, slot.seq, slot.parent_digest, payload))
         self.execute(actions)
         return self.replica.get_proposal_slot() != slot
+
+    def _count_unproposed_txs(self) -> int:
+        """Pool txs not in a block of ours still in flight (an upper bound on what a reap
+        could take: txs behind nonce gaps count too)."""
+        delivered = self.replica.last_delivered_seq
+        for seq in [seq for seq in self.proposed_txs if seq <= delivered]:
+            del self.proposed_txs[seq]
+        return len(self.mempool) - sum(self.proposed_txs.values())
 
     def _defer_full_reap(self, slot: ProposalSlot, reaped: int) -> None:
         """A "full" mempool gave a partial block: it also counts txs in in-flight blocks

@@ -41,7 +41,12 @@ from node.ledger import (
     get_genesis_state,
 )
 from node.mempool import encode_tx_batch
-from node.node import get_status_interval_ticks, to_codec_certificate, to_consensus_certificate
+from node.node import (
+    get_partial_block_txs_min,
+    get_status_interval_ticks,
+    to_codec_certificate,
+    to_consensus_certificate,
+)
 from node.service import REJECT_BAD_NONCE, REJECT_INVALID_TX
 from node.store import MemoryStore
 from node.wire import (
@@ -393,3 +398,32 @@ def test_status_interval_keeps_status_traffic_flat_in_n_and_under_half_a_timeout
             assert 1 <= interval <= max(1, timeout_ticks // 2)
             if 10 * n // 4 <= timeout_ticks // 2:  # not capped: received/s stays flat
                 assert (n - 1) / interval <= 1.5 * 3 / base
+
+
+def test_partial_block_txs_min_grows_with_n_within_the_block_bound() -> None:
+    assert [get_partial_block_txs_min(n, 5_000) for n in (4, 7, 10, 16)] == [100, 175, 250, 400]
+    assert get_partial_block_txs_min(16, 100) == 50  # never more than half a full block
+    assert get_partial_block_txs_min(4, 1) == 1
+
+
+def test_primary_pipelines_a_second_block_only_once_it_is_worth_its_votes() -> None:
+    cluster = Cluster()
+    primary = cluster.drivers[0]
+    least = primary.partial_block_txs_min
+    assert least == 50  # n = 4, blocks of at most 100 txs in the harness
+    cluster.filter = lambda sender, to, frame: sender != 0  # the first block stays in flight
+    assert primary.submit_tx(transfer(0, 0)).status == "accepted"
+    cluster.run_until(lambda: primary.proposals_total == 1)
+    for nonce in range(1, least):
+        assert primary.submit_tx(transfer(0, nonce)).status == "accepted"
+    for _ in range(6):  # build intervals pass; fewer than ``least`` new txs: no proposal
+        cluster.step()
+    assert primary.proposals_total == 1
+    assert primary.submit_tx(transfer(0, least)).status == "accepted"
+    cluster.run_until(lambda: primary.proposals_total == 2, steps_max=6)
+    assert primary.proposed_txs == {1: 1, 2: least}
+    cluster.filter = lambda sender, to, frame: True
+    cluster.run_until(lambda: all(d.txs_committed_total == least + 1 for d in cluster.drivers))
+    # Held that long, the others changed view: the old view's proposals are forgotten.
+    assert primary.replica.view >= 1 and primary.proposed_txs == {}
+    assert primary._count_unproposed_txs() == len(primary.mempool) == 0
