@@ -43,6 +43,7 @@ from node.ledger import (
     ChainContext,
     SignatureCache,
     State,
+    TxLookup,
     apply_block,
     verify_tx_signature,
 )
@@ -103,10 +104,12 @@ class BlockChecker:
         tip: State,
         block_size_max_bytes: int,
         applied_max: int = APPLIED_BLOCKS_MAX,
+        decoded: TxLookup | None = None,
     ) -> None:
         assert applied_max > 0
         self.context = context
         self.signature_cache = signature_cache
+        self.decoded = decoded  # txs the mempool already decoded, by hash
         self.tip = tip
         self.block_size_max_bytes = block_size_max_bytes
         self.applied_max = applied_max
@@ -143,7 +146,9 @@ class BlockChecker:
         parent_state = self.get_state(parent_digest)
         if parent_state is not None:
             try:
-                applied = apply_block(parent_state, block, self.context, self.signature_cache)
+                applied = apply_block(
+                    parent_state, block, self.context, self.signature_cache, self.decoded
+                )
             except BlockInvalid as exc:
                 return f"{exc.reason}: {exc}"
             self.remember(applied)

@@ -328,6 +328,8 @@ class TxContext:
 
 
 TxProcessor = Callable[[StateWriter, Transaction, TxContext], None]
+# A tx already decoded from the bytes whose hash is given, or None (the mempool's).
+TxLookup = Callable[[bytes], "Transaction | None"]
 TxCost = Callable[[Transaction], int]
 
 TX_PROCESSORS: dict[type, TxProcessor] = {}
@@ -507,17 +509,25 @@ def _check_tx(
     seen: set[bytes],
     context: ChainContext,
     cache: SignatureCache | None,
+    decoded: TxLookup | None = None,
 ) -> tuple[Transaction, bytes]:
-    """Decode, dedup and verify one tx (everything that does not depend on the state)."""
+    """Decode, dedup and verify one tx (everything that does not depend on the state).
+
+    ``decoded`` may hand back the tx already decoded from the same bytes (its hash
+    names them): a validator's mempool holds most of a block's txs decoded."""
     if type(tx_bytes) is not bytes:
         raise TxInvalid(REASON_DECODE, f"expected bytes, got {type(tx_bytes).__name__}")
     tx_hash = get_tx_hash(tx_bytes)
     if tx_hash in seen:
         raise TxInvalid(REASON_DUPLICATE_TX, f"tx {tx_hash.hex()[:16]} appears twice")
-    try:
-        tx = decode_tx(tx_bytes, context.limits)
-    except DecodeError as exc:
-        raise TxInvalid(REASON_DECODE, str(exc)) from None
+    known = decoded(tx_hash) if decoded is not None else None
+    if known is not None:
+        tx = known
+    else:
+        try:
+            tx = decode_tx(tx_bytes, context.limits)
+        except DecodeError as exc:
+            raise TxInvalid(REASON_DECODE, str(exc)) from None
     if not verify_tx_signature(context.chain_id, tx, tx_hash, cache):
         raise TxInvalid(REASON_SIGNATURE, f"tx {tx_hash.hex()[:16]}: signature does not verify")
     return tx, tx_hash
@@ -530,6 +540,7 @@ def _process_block_txs(
     tx_context: TxContext,
     cache: SignatureCache | None,
     strict: bool,
+    decoded: TxLookup | None = None,
 ) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
     """The one tx loop. ``strict`` (validator): raise on a bad tx; else (builder) drop it."""
     kept: list[bytes] = []
@@ -546,7 +557,7 @@ def _process_block_txs(
             if size_bytes + 1024 > context.limits.block_size_max_bytes:
                 size_bytes -= 4 + len(tx_bytes)
                 raise TxInvalid(REASON_TOO_LARGE, "block would exceed its size limit")
-            tx, tx_hash = _check_tx(tx_bytes, seen, context, cache)
+            tx, tx_hash = _check_tx(tx_bytes, seen, context, cache, decoded)
             process_tx(writer, tx, tx_context)
         except TxInvalid as exc:
             if strict:
@@ -590,12 +601,17 @@ def _get_tx_context(header: BlockHeader) -> TxContext:
 
 
 def apply_block(
-    state: State, block: Block, context: ChainContext, cache: SignatureCache | None = None
+    state: State,
+    block: Block,
+    context: ChainContext,
+    cache: SignatureCache | None = None,
+    decoded: TxLookup | None = None,
 ) -> AppliedBlock:
     """Check ``block`` against ``state`` and return the post-state; BlockInvalid on any fault.
 
     Pure: ``state`` is never changed (it cannot be). ``cache`` lets signatures
-    already verified be skipped, and receives the ones verified here.
+    already verified be skipped, and receives the ones verified here; ``decoded``
+    gives txs already decoded, by hash (see ``_check_tx``).
     """
     header = block.header
     verify_block_header(state, header, context)
@@ -607,7 +623,7 @@ def apply_block(
         raise BlockInvalid(REASON_TX_ROOT, "tx_root does not match the block's transactions")
     writer = StateWriter(state.entries)
     _, hashes, _ = _process_block_txs(
-        writer, block.txs, context, _get_tx_context(header), cache, strict=True
+        writer, block.txs, context, _get_tx_context(header), cache, strict=True, decoded=decoded
     )
     process_block_hooks(writer, _get_tx_context(header), header.parent_hash)
     diff = writer.get_diff()
@@ -769,6 +785,7 @@ __all__ = [
     "TX_PROCESSORS",
     "TxContext",
     "TxInvalid",
+    "TxLookup",
     "apply_block",
     "apply_diff",
     "build_block",

@@ -388,6 +388,12 @@ class Mempool:
 
     # --- reap --------------------------------------------------------------------
 
+    def get_decoded(self, tx_hash: bytes) -> Transaction | None:
+        """The pool's decoded copy of the tx with this hash, if it holds it: a block
+        check reuses it instead of decoding the block's bytes again."""
+        entry = self._by_hash.get(tx_hash)
+        return None if entry is None else entry.tx
+
     def reap(
         self, max_txs: int, max_bytes: int, state: State, builder: BlockBuilder | None = None
     ) -> list[bytes]:

@@ -379,7 +379,8 @@ class Driver:
             config.block.size_max_bytes, limits.block_size_max_bytes, BLOCK_SIZE_CAP_BYTES
         )
         self.checker = BlockChecker(
-            self.context, self.mempool.signature_cache, self.state, self.block_size_max_bytes
+            self.context, self.mempool.signature_cache, self.state, self.block_size_max_bytes,
+            decoded=self.mempool.get_decoded,
         )
         self.auth = NodeAuthenticator(
             key, genesis.chain_id, [v.public_key for v in genesis.validators]

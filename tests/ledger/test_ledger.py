@@ -266,3 +266,27 @@ def test_block_builder_keeps_the_block_limits_and_refuses_a_repeat_without_chang
     assert ledger.get_account(applied.state, KEYS[0].public_key).nonce == 2
     with pytest.raises(AssertionError):
         builder.try_add(*decoded[2])
+
+
+def test_apply_block_reuses_txs_already_decoded_and_reaches_the_same_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    genesis = make_genesis({0: 1_000, 1: 1_000})
+    context = make_context(genesis)
+    state = ledger.get_genesis_state(genesis)
+    txs = [make_transfer(0, 0, 1, 5), make_transfer(1, 0, 0, 7), make_transfer(0, 1, 1, 9)]
+    block = ledger.build_block(state, txs, context, 0, 0, 5_000).block
+    plain = ledger.apply_block(state, block, context)
+    pool = {ledger.get_tx_hash(tx): ledger.decode_tx(tx) for tx in txs[:2]}  # not the third
+    decodes: list[bytes] = []
+    real_decode = ledger.decode_tx
+
+    def counting_decode(tx_bytes: bytes, limits: ledger.Limits) -> ledger.Transaction:
+        decodes.append(tx_bytes)
+        return real_decode(tx_bytes, limits)
+
+    monkeypatch.setattr(ledger, "decode_tx", counting_decode)
+    reused = ledger.apply_block(state, block, context, None, pool.get)
+    assert decodes == [txs[2]]  # only the tx the lookup did not have
+    assert reused.state.state_root == plain.state.state_root
+    assert reused.tx_hashes == plain.tx_hashes
