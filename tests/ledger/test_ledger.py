@@ -290,3 +290,54 @@ def test_apply_block_reuses_txs_already_decoded_and_reaches_the_same_state(
     assert decodes == [txs[2]]  # only the tx the lookup did not have
     assert reused.state.state_root == plain.state.state_root
     assert reused.tx_hashes == plain.tx_hashes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), min_size=0, max_size=30, unique=True),
+    st.lists(
+        st.dictionaries(st.integers(0, 60), st.one_of(st.none(), st.binary(max_size=3)),
+                        max_size=8),
+        min_size=1, max_size=6,
+    ),
+)
+def test_incremental_state_root_matches_a_full_rebuild_over_any_diffs(
+    initial: list[int], diffs: list[dict[int, bytes | None]]
+) -> None:
+    """Value-only diffs update the kept tree along their paths; inserts and deletes
+    rebuild it. Either way the root is the full tree's over the sorted leaves."""
+
+    def key(i: int) -> bytes:
+        return schema.STATE_PREFIX + b"t/" + i.to_bytes(2, "big")
+
+    state = ledger.make_state(0, b"\x00" * 32, 0, {key(i): b"v%d" % i for i in initial})
+    assert state.state_root == compute_root_of_leaf_hashes(
+        [state._leaf_hashes[k] for k in sorted(state._leaf_hashes)]
+    )
+    block = make_block(ledger.get_genesis_state(make_genesis({0: 1})), [])
+    for diff in diffs:
+        state = ledger.apply_diff(state, {key(i): v for i, v in diff.items()}, block.header,
+                                  b"\x01" * 32)
+        rebuilt = ledger.make_state(0, b"\x00" * 32, 0, state.entries)
+        assert state.state_root == rebuilt.state_root
+        assert state.state_root == compute_root_of_leaf_hashes(
+            [rebuilt._leaf_hashes[k] for k in sorted(rebuilt._leaf_hashes)]
+        )
+
+
+def test_value_only_diffs_reuse_the_parents_tree_and_key_changes_rebuild_it() -> None:
+    def key(i: int) -> bytes:
+        return schema.STATE_PREFIX + b"t/" + bytes([i])
+
+    state = ledger.make_state(0, b"\x00" * 32, 0, {key(i): b"x" for i in range(7)})
+    header = make_block(ledger.get_genesis_state(make_genesis({0: 1})), []).header
+    values_only = ledger.apply_diff(state, {key(2): b"y", key(6): b"z"}, header, b"\x01" * 32)
+    assert values_only._tree is not None  # updated along two paths
+    assert values_only.merkle_levels.keys is state.merkle_levels.keys
+    inserted = ledger.apply_diff(values_only, {key(9): b"w"}, header, b"\x02" * 32)
+    deleted = ledger.apply_diff(values_only, {key(0): None}, header, b"\x03" * 32)
+    assert inserted._tree is None and deleted._tree is None
+    for result in (values_only, inserted, deleted):
+        assert result.state_root == ledger.make_state(0, b"", 0, result.entries).state_root
+    assert len({values_only.state_root, inserted.state_root, deleted.state_root,
+                state.state_root}) == 4
