@@ -236,3 +236,26 @@ def test_random_traffic_keeps_the_pool_consistent() -> None:
             pool.update(state, applied.tx_hashes, step)
         assert len(pool) <= 40
         assert pool.size_bytes == sum(len(e.tx_bytes) for e in pool._by_hash.values())
+
+
+def test_clients_are_refused_before_the_signature_check_while_the_chain_is_backlogged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = make_pool(backlog_latency_max_ms=1_000, backlog_floor_txs=3)
+    first = [make_transfer(sender, 0, 0, 1) for sender in range(1, 4)]
+    for tx in first:
+        assert pool.admit(tx, STATE, 0, SOURCE_LOCAL).ok
+    assert len(pool.take_relay_batch(10, 10**6, 0)) == 3
+    # One of them commits 100 s after admission: the latency estimate jumps past 1 s.
+    state = build_block(STATE, first[:1], CONTEXT, 0, 0, 2000).applied.state
+    pool.update(state, [get_tx_hash(first[0])], 100_000, committed_at_ms=100_000)
+    assert pool.commit_latency_ms > 1_000 and len(pool) == 2
+    assert pool.admit(make_transfer(0, 0, 1, 1), state, 100_000, SOURCE_LOCAL).ok  # floor
+    assert len(pool) == 3
+    checks: list[bytes] = []
+    monkeypatch.setattr(ledger, "verify_tx", lambda chain_id, tx: checks.append(b"") or True)
+    refused = pool.admit(make_transfer(0, 1, 1, 1), state, 100_000, SOURCE_LOCAL)
+    assert refused.reason == "full" and "backlog" in refused.message and checks == []
+    # A peer's relay is still taken (refusing it would leave a nonce gap here).
+    assert pool.admit(make_transfer(0, 1, 1, 1), state, 100_000, SOURCE_PEER).ok
+    assert pool.get_metrics()["mempool_rejected_full"] == 1
