@@ -30,10 +30,10 @@ Transactions
 
 Blocks
     :func:`apply_block` (validators) and :func:`build_block` (the proposer)
-    share :func:`_process_block_txs`: the validator raises
-    :class:`BlockInvalid` on the first bad tx; the builder drops it and goes
-    on. So a block the builder makes always validates, and the two can never
-    disagree on a post-state root. ``header.state_root`` commits to the state
+    share :class:`BlockBuilder`'s tx step (``add_or_raise``): the validator
+    raises :class:`BlockInvalid` on the first bad tx; the builder drops it and
+    goes on. So a block the builder makes always validates, and the two can
+    never disagree on a post-state root. ``header.state_root`` commits to the state
     AFTER the block.
 
 Hooks
@@ -583,8 +583,6 @@ def _check_tx(
     if type(tx_bytes) is not bytes:
         raise TxInvalid(REASON_DECODE, f"expected bytes, got {type(tx_bytes).__name__}")
     tx_hash = get_tx_hash(tx_bytes)
-    if tx_hash in seen:
-        raise TxInvalid(REASON_DUPLICATE_TX, f"tx {tx_hash.hex()[:16]} appears twice")
     known = decoded(tx_hash) if decoded is not None else None
     if known is not None:
         tx = known
@@ -593,46 +591,21 @@ def _check_tx(
             tx = decode_tx(tx_bytes, context.limits)
         except DecodeError as exc:
             raise TxInvalid(REASON_DECODE, str(exc)) from None
-    if not verify_tx_signature(context.chain_id, tx, tx_hash, cache):
-        raise TxInvalid(REASON_SIGNATURE, f"tx {tx_hash.hex()[:16]}: signature does not verify")
+    _check_decoded_tx(tx, tx_hash, seen, context, cache)
     return tx, tx_hash
 
 
-def _process_block_txs(
-    writer: StateWriter,
-    txs: Iterable[bytes],
+def _check_decoded_tx(
+    tx: Transaction,
+    tx_hash: bytes,
+    seen: set[bytes],
     context: ChainContext,
-    tx_context: TxContext,
     cache: SignatureCache | None,
-    strict: bool,
-    decoded: TxLookup | None = None,
-) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
-    """The one tx loop. ``strict`` (validator): raise on a bad tx; else (builder) drop it."""
-    kept: list[bytes] = []
-    hashes: list[bytes] = []
-    dropped: list[tuple[bytes, str]] = []
-    seen: set[bytes] = set()
-    size_bytes = 0
-    for index, tx_bytes in enumerate(txs):
-        try:
-            if len(kept) >= context.limits.block_txs_max:
-                raise TxInvalid(REASON_TOO_LARGE, f"over {context.limits.block_txs_max} txs")
-            # Headroom for the header and length prefixes inside the block size limit.
-            size_bytes += 4 + len(tx_bytes)
-            if size_bytes + 1024 > context.limits.block_size_max_bytes:
-                size_bytes -= 4 + len(tx_bytes)
-                raise TxInvalid(REASON_TOO_LARGE, "block would exceed its size limit")
-            tx, tx_hash = _check_tx(tx_bytes, seen, context, cache, decoded)
-            process_tx(writer, tx, tx_context)
-        except TxInvalid as exc:
-            if strict:
-                raise BlockInvalid(exc.reason, f"txs[{index}]: {exc.message}") from None
-            dropped.append((tx_bytes, exc.reason))
-            continue
-        seen.add(tx_hash)
-        kept.append(tx_bytes)
-        hashes.append(tx_hash)
-    return kept, hashes, dropped
+) -> None:
+    if tx_hash in seen:
+        raise TxInvalid(REASON_DUPLICATE_TX, f"tx {tx_hash.hex()[:16]} appears twice")
+    if not verify_tx_signature(context.chain_id, tx, tx_hash, cache):
+        raise TxInvalid(REASON_SIGNATURE, f"tx {tx_hash.hex()[:16]}: signature does not verify")
 
 
 def verify_block_header(state: State, header: BlockHeader, context: ChainContext) -> None:
@@ -661,10 +634,6 @@ def verify_block_header(state: State, header: BlockHeader, context: ChainContext
         )
 
 
-def _get_tx_context(header: BlockHeader) -> TxContext:
-    return TxContext(header.chain_id, header.height, header.time_ms, header.proposer_index)
-
-
 def apply_block(
     state: State,
     block: Block,
@@ -686,12 +655,16 @@ def apply_block(
         )
     if compute_tx_root(block.txs) != header.tx_root:
         raise BlockInvalid(REASON_TX_ROOT, "tx_root does not match the block's transactions")
-    writer = StateWriter(state.entries)
-    _, hashes, _ = _process_block_txs(
-        writer, block.txs, context, _get_tx_context(header), cache, strict=True, decoded=decoded
-    )
-    process_block_hooks(writer, _get_tx_context(header), header.parent_hash)
-    diff = writer.get_diff()
+    # The builder's own tx step, on the header's context (its time is not before the
+    # parent's, checked above), so a built block and its check cannot disagree.
+    builder = BlockBuilder(state, context, cache, header.proposer_index, header.time_ms, decoded)
+    for index, tx_bytes in enumerate(block.txs):
+        try:
+            builder.add_or_raise(tx_bytes)
+        except TxInvalid as exc:
+            raise BlockInvalid(exc.reason, f"txs[{index}]: {exc.message}") from None
+    diff = builder.close()
+    hashes = builder.hashes
     block_hash = get_block_hash(header)
     new_state = apply_diff(state, diff, header, block_hash)
     if new_state.state_root != header.state_root:
@@ -729,8 +702,8 @@ class BlockBuilder:
     The mempool's reap adds its txs (already decoded, signature cached) here and the
     block is finished from the same writer: the txs are applied once, not once to choose
     them and again to build (that second pass was ~10% of a primary's CPU under load).
-    Every tx goes through the same per-tx checks as ``apply_block``'s loop, so what this
-    builds is valid for it; tests check the two agree.
+    ``apply_block`` runs its txs through ``add_or_raise`` too, so the proposer and the
+    validators share one tx step and cannot disagree on a block.
     """
 
     def __init__(
@@ -740,17 +713,19 @@ class BlockBuilder:
         cache: SignatureCache | None = None,
         proposer_index: int = 0,
         time_ms: int = 0,
+        decoded: TxLookup | None = None,
     ) -> None:
         self._state = state
         self._writer = StateWriter(state.entries)
         self._context = context
         self._cache = cache
+        self._decoded = decoded
         self._tx_context = TxContext(
             context.chain_id, state.height + 1, max(time_ms, state.last_block_time_ms),
             proposer_index,
         )
         self._kept: list[bytes] = []
-        self._hashes: list[bytes] = []
+        self.hashes: list[bytes] = []
         self._seen: set[bytes] = set()
         self._dropped: list[tuple[bytes, str]] = []
         self._size_bytes = 0
@@ -765,10 +740,7 @@ class BlockBuilder:
         assert not self._finished, "a finished builder takes no more txs"
         try:
             self._check_room(tx_bytes)
-            if tx_hash in self._seen:
-                raise TxInvalid(REASON_DUPLICATE_TX, f"tx {tx_hash.hex()[:16]} appears twice")
-            if not verify_tx_signature(self._context.chain_id, tx, tx_hash, self._cache):
-                raise TxInvalid(REASON_SIGNATURE, f"tx {tx_hash.hex()[:16]}: bad signature")
+            _check_decoded_tx(tx, tx_hash, self._seen, self._context, self._cache)
             process_tx(self._writer, tx, self._tx_context)
         except TxInvalid as exc:
             return exc.reason
@@ -777,19 +749,26 @@ class BlockBuilder:
 
     def add_tx_bytes(self, tx_bytes: bytes) -> str | None:
         """Decode, check and apply one tx; a tx that fails is left out and recorded."""
-        assert not self._finished, "a finished builder takes no more txs"
         try:
-            self._check_room(tx_bytes)
-            tx, tx_hash = _check_tx(tx_bytes, self._seen, self._context, self._cache)
-            process_tx(self._writer, tx, self._tx_context)
+            self.add_or_raise(tx_bytes)
         except TxInvalid as exc:
             self._dropped.append((tx_bytes, exc.reason))
             return exc.reason
-        self._keep(tx_bytes, tx_hash)
         return None
 
+    def add_or_raise(self, tx_bytes: bytes) -> None:
+        """The one tx step: the block's limits, decode, dedup, signature, then the state
+        transition; TxInvalid if the tx cannot go in (the writer's journal has undone
+        its writes, so nothing changed)."""
+        assert not self._finished, "a finished builder takes no more txs"
+        self._check_room(tx_bytes)
+        tx, tx_hash = _check_tx(tx_bytes, self._seen, self._context, self._cache, self._decoded)
+        process_tx(self._writer, tx, self._tx_context)
+        self._keep(tx_bytes, tx_hash)
+
     def _check_room(self, tx_bytes: bytes) -> None:
-        """The block limits exactly as ``_process_block_txs`` counts them."""
+        """Room for one more tx; 1 KiB of the size limit is headroom for the header and
+        the length prefixes."""
         limits = self._context.limits
         if len(self._kept) >= limits.block_txs_max:
             raise TxInvalid(REASON_TOO_LARGE, f"over {limits.block_txs_max} txs")
@@ -798,17 +777,21 @@ class BlockBuilder:
 
     def _keep(self, tx_bytes: bytes, tx_hash: bytes) -> None:
         self._kept.append(tx_bytes)
-        self._hashes.append(tx_hash)
+        self.hashes.append(tx_hash)
         self._seen.add(tx_hash)
         self._size_bytes += 4 + len(tx_bytes)
 
+    def close(self) -> Diff:
+        """End the block: apply the block hooks and return every entry it changed."""
+        assert not self._finished, "a builder closes once"
+        self._finished = True
+        process_block_hooks(self._writer, self._tx_context, self._state.last_block_hash)
+        return self._writer.get_diff()
+
     def finish(self, view: int) -> BuiltBlock:
         """The block of the txs added so far, with the block hooks applied and both roots."""
-        assert not self._finished, "a builder finishes once"
-        self._finished = True
+        diff = self.close()
         state, tx_context = self._state, self._tx_context
-        process_block_hooks(self._writer, tx_context, state.last_block_hash)
-        diff = self._writer.get_diff()
         partial = BlockHeader(
             chain_id=self._context.chain_id,
             height=tx_context.height,
@@ -829,7 +812,7 @@ class BlockBuilder:
             new_state.merkle_levels,
         )
         applied = AppliedBlock(
-            final_state, MappingProxyType(diff), block_hash, tuple(self._hashes)
+            final_state, MappingProxyType(diff), block_hash, tuple(self.hashes)
         )
         return BuiltBlock(Block(header, tuple(self._kept)), applied, tuple(self._dropped))
 
