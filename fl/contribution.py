@@ -16,7 +16,7 @@ permutation), and each value is rounded once, by at most 1/2, so
 
     |sum_i phi_i - (v(N) - v(empty))| <= n / 2     (``compute_efficiency_bound``).
 
-Utility of a round (``compute_round_utility_fn`` -> ``RoundUtility``): the
+Utility of a round (``RoundUtility``): the
 validation-loss decrease of base + FedAvg(S's deltas), memoised per subset.
 Linear models evaluate base + FedAvg(S) directly: exact int64 column sums and
 one IEEE division (as ``fl.aggregation``'s mean rule), the loss by the
@@ -166,7 +166,7 @@ def compute_shapley_ppm(
     Exact when ``len(players) <= exact_players_max`` (``seed`` unused), else
     Monte-Carlo over ``permutations`` seeded permutations.  Utilities must be
     ints; call-count is ``2**n`` (exact) or ``permutations * n + 1`` (MC), so the
-    caller should memoise (``compute_round_utility_fn`` does).
+    caller should memoise (``RoundUtility`` does).
     """
     ids = _check_players(players)
     if not 0 <= exact_players_max <= EXACT_PLAYERS_LIMIT:
@@ -370,19 +370,6 @@ def _get_common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
             break
         length += 1
     return length
-
-
-def compute_round_utility_fn(
-    spec: ModelSpec,
-    base_params: FloatArray,
-    deltas: QuantizedUpdates,
-    client_ids: Sequence[int],
-    weights: Sequence[int] | None,
-    x_val: FloatArray,
-    y_val: npt.NDArray[np.generic],
-) -> RoundUtility:
-    """The round's memoised coalition utility (see ``RoundUtility``)."""
-    return RoundUtility(spec, base_params, deltas, client_ids, weights, x_val, y_val)
 
 
 def split_reward(pool: int, shares: Mapping[int, int]) -> dict[int, int]:

@@ -459,7 +459,7 @@ def close_round(
             model_version, model_hash = _store_model(
                 writer, config, current, new_params, rule, lineage, context.height
             )
-            utility = contribution.compute_round_utility_fn(
+            utility = contribution.RoundUtility(
                 spec, base, acc_updates, acc_ids, acc_weights, x_val, y_val
             )
             shapley = contribution.compute_shapley_ppm(utility, acc_ids, seed)

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fl.aggregation import aggregate
-from fl.contribution import compute_round_utility_fn, compute_shapley_ppm
+from fl.contribution import RoundUtility, compute_shapley_ppm
 from fl.data import Standardizer, load_breast_cancer_data, partition_iid, split_train_test
 from fl.models import ModelSpec, compute_param_count, init_params
 from fl.quantize import QuantizedUpdates, quantize_matrix
@@ -83,7 +83,7 @@ def build_mlp_round(n_clients: int = 6, hidden: int = 300) -> Round:
 def compute_golden() -> dict[str, object]:
     r = build_round()
     scores = score_deltas(r.spec, r.base, r.deltas, r.ids, r.aggregate, r.x_val, r.y_val)
-    utility = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    utility = RoundUtility(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
     shapley = compute_shapley_ppm(utility, r.ids[:8], seed=0)
     return {
         "loss_base_ppm": compute_validation_loss_ppm(r.spec, r.base, r.x_val, r.y_val),
@@ -96,7 +96,7 @@ def compute_golden() -> dict[str, object]:
 
 def compute_mlp_shapley() -> dict[int, int]:
     r = build_mlp_round()
-    utility = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    utility = RoundUtility(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
     return compute_shapley_ppm(utility, r.ids, seed=0)
 
 

@@ -19,8 +19,8 @@ from fl.aggregation import aggregate
 from fl.contribution import (
     REPUTATION_INITIAL_PPM,
     ContributionInputError,
+    RoundUtility,
     compute_efficiency_bound,
-    compute_round_utility_fn,
     compute_shapley_ppm,
     split_reward,
     update_reputation_ppm,
@@ -95,7 +95,7 @@ def test_symmetry_and_null_player() -> None:
 
 def test_monte_carlo_is_seeded_and_close_to_exact() -> None:
     r = cases.build_round(n_clients=10)
-    u = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    u = RoundUtility(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
     exact = compute_shapley_ppm(u, r.ids, seed=0)
     mc_a = compute_shapley_ppm(u, r.ids, seed=11, exact_players_max=0, permutations=300)
     mc_b = compute_shapley_ppm(u, r.ids, seed=11, exact_players_max=0, permutations=300)
@@ -112,7 +112,7 @@ def test_monte_carlo_is_seeded_and_close_to_exact() -> None:
 
 def test_round_utility_matches_fedavg_and_flags_attackers() -> None:
     r = cases.build_round(n_clients=8, flip=(2,))
-    u = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    u = RoundUtility(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
     assert u(frozenset()) == 0
     mean = aggregate("mean", r.deltas, r.ids, r.weights).aggregate
     loss = compute_validation_loss_ppm(r.spec, r.base, r.x_val, r.y_val)
@@ -222,7 +222,7 @@ def test_mlp_coalition_kernel_matches_direct_fedavg_loss() -> None:
     """The MLP's batched utility is the same real number as base + FedAvg(S) evaluated
     directly; only where the first layer rounds differs, so at most 1 ppm apart."""
     r = cases.build_mlp_round()
-    u = compute_round_utility_fn(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
+    u = RoundUtility(r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
     n = len(r.ids)
     u.prefetch(frozenset(s) for k in range(n + 1) for s in itertools.combinations(r.ids, k))
     for k in range(1, len(r.ids) + 1):
@@ -237,17 +237,17 @@ def test_mlp_coalition_value_does_not_depend_on_its_batch() -> None:
     r = cases.build_mlp_round(n_clients=5)
     args = (r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
     subsets = [frozenset(s) for k in range(1, 6) for s in itertools.combinations(r.ids, k)]
-    batched = compute_round_utility_fn(*args)
+    batched = RoundUtility(*args)
     batched.prefetch(subsets)
-    reverse = compute_round_utility_fn(*args)
+    reverse = RoundUtility(*args)
     reverse.prefetch(reversed(subsets))
-    one_by_one = compute_round_utility_fn(*args)
+    one_by_one = RoundUtility(*args)
     values = {s: batched(s) for s in subsets}
     assert values == {s: reverse(s) for s in subsets} == {s: one_by_one(s) for s in subsets}
     original = contribution.KERNEL_WORKSPACE_BYTES
     try:
         contribution.KERNEL_WORKSPACE_BYTES = 4096  # one or two hidden units per chunk
-        narrow = compute_round_utility_fn(*args)
+        narrow = RoundUtility(*args)
         narrow.prefetch(subsets)
         assert values == {s: narrow(s) for s in subsets}
     finally:
@@ -259,9 +259,9 @@ def test_shapley_prefetch_changes_no_value_exact_and_monte_carlo() -> None:
     around a fresh utility (no prefetch) gives the same values, exact and Monte-Carlo."""
     r = cases.build_mlp_round(n_clients=6, hidden=20)
     args = (r.spec, r.base, r.deltas, r.ids, r.weights, r.x_val, r.y_val)
-    plain = compute_round_utility_fn(*args)
+    plain = RoundUtility(*args)
     for kwargs in ({}, {"exact_players_max": 0, "permutations": 40}):
-        fast = compute_shapley_ppm(compute_round_utility_fn(*args), r.ids, seed=3, **kwargs)
+        fast = compute_shapley_ppm(RoundUtility(*args), r.ids, seed=3, **kwargs)
         slow = compute_shapley_ppm(lambda s: plain(s), r.ids, seed=3, **kwargs)
         assert fast == slow
 
