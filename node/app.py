@@ -167,7 +167,9 @@ class BlockChecker:
                 tx = decode_tx(tx_bytes, self.context.limits)
             except DecodeError as exc:
                 return f"decode: txs[{index}]: {exc}"
-            if not verify_tx_signature(self.context.chain_id, tx, tx_hash, self.signature_cache):
+            if not verify_tx_signature(
+                self.context.chain_id, tx, tx_hash, self.signature_cache, tx_bytes
+            ):
                 return f"signature: txs[{index}]"
         return None
 

@@ -522,12 +522,18 @@ class SignatureCache:
 
 
 def verify_tx_signature(
-    chain_id: str, tx: Transaction, tx_hash: bytes, cache: SignatureCache | None
+    chain_id: str,
+    tx: Transaction,
+    tx_hash: bytes,
+    cache: SignatureCache | None,
+    tx_bytes: bytes | None = None,
 ) -> bool:
-    """True iff the signature is valid; consults and fills ``cache`` so each tx is verified once."""
+    """True iff the signature is valid; consults and fills ``cache`` so each tx is verified once.
+
+    ``tx_bytes``: the bytes ``tx`` was decoded from (their hash is ``tx_hash``), if known."""
     if cache is not None and tx_hash in cache:
         return True
-    if not verify_tx(chain_id, tx):
+    if not verify_tx(chain_id, tx, tx_bytes):
         return False
     if cache is not None:
         cache.add(tx_hash)
@@ -591,20 +597,21 @@ def _check_tx(
             tx = decode_tx(tx_bytes, context.limits)
         except DecodeError as exc:
             raise TxInvalid(REASON_DECODE, str(exc)) from None
-    _check_decoded_tx(tx, tx_hash, seen, context, cache)
+    _check_decoded_tx(tx, tx_hash, tx_bytes, seen, context, cache)
     return tx, tx_hash
 
 
 def _check_decoded_tx(
     tx: Transaction,
     tx_hash: bytes,
+    tx_bytes: bytes,
     seen: set[bytes],
     context: ChainContext,
     cache: SignatureCache | None,
 ) -> None:
     if tx_hash in seen:
         raise TxInvalid(REASON_DUPLICATE_TX, f"tx {tx_hash.hex()[:16]} appears twice")
-    if not verify_tx_signature(context.chain_id, tx, tx_hash, cache):
+    if not verify_tx_signature(context.chain_id, tx, tx_hash, cache, tx_bytes):
         raise TxInvalid(REASON_SIGNATURE, f"tx {tx_hash.hex()[:16]}: signature does not verify")
 
 
@@ -740,7 +747,7 @@ class BlockBuilder:
         assert not self._finished, "a finished builder takes no more txs"
         try:
             self._check_room(tx_bytes)
-            _check_decoded_tx(tx, tx_hash, self._seen, self._context, self._cache)
+            _check_decoded_tx(tx, tx_hash, tx_bytes, self._seen, self._context, self._cache)
             process_tx(self._writer, tx, self._tx_context)
         except TxInvalid as exc:
             return exc.reason

@@ -281,7 +281,9 @@ class Mempool:
                 f"backlog: txs take {self.commit_latency_ms / 1000:.1f} s to commit with "
                 f"{len(self._by_hash)} pending; retry later",
             )
-        if not verify_tx_signature(self.context.chain_id, tx, tx_hash, self.signature_cache):
+        if not verify_tx_signature(
+            self.context.chain_id, tx, tx_hash, self.signature_cache, tx_bytes
+        ):
             return self._reject(
                 REJECT_SIGNATURE,
                 "signature does not verify (wrong key, or signed for another chain)",

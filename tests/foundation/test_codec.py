@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node import codec
 from node.codec import (
     KIND_TX,
     VERSION_1,
@@ -249,6 +250,62 @@ def test_tx_signature_binds_everything(body: Transfer, nonce: int, data: st.Data
     except DecodeError:
         return
     assert not verify_tx("chain-a", changed)
+
+
+def _decode_tx_generic(data: bytes) -> Transaction:
+    """decode_tx with the transfer shortcut switched off."""
+    original = codec._decode_transfer_tx_fast
+    codec._decode_transfer_tx_fast = lambda raw: None  # type: ignore[assignment]
+    try:
+        return decode_tx(data)
+    finally:
+        codec._decode_transfer_tx_fast = original  # type: ignore[assignment]
+
+
+def _decode_or_error(decode: Callable[[bytes], Transaction], data: bytes) -> object:
+    try:
+        return decode(data)
+    except DecodeError as exc:
+        return f"DecodeError: {exc}"
+
+
+@given(transfers, st.integers(0, 2**64 - 1), st.data())
+@FAST
+def test_transfer_shortcut_decodes_exactly_as_the_generic_decoder(
+    body: Transfer, nonce: int, data: st.DataObject
+) -> None:
+    encoded = encode_tx(sign_tx(KEY, "chain-a", Transaction(KEY.public_key, nonce, body)))
+    assert codec._decode_transfer_tx_fast(encoded) is not None  # the shortcut is taken
+    assert decode_tx(encoded) == _decode_tx_generic(encoded)
+    # Mangled copies: a flipped byte, a cut, or extra bytes; same answer or same error.
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    flipped = bytearray(encoded)
+    flipped[position] ^= data.draw(st.integers(1, 255))
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    for mangled in (bytes(flipped), encoded[:cut], encoded + b"\x00"):
+        assert _decode_or_error(decode_tx, mangled) == _decode_or_error(
+            _decode_tx_generic, mangled
+        )
+
+
+@given(transfers, st.data())
+@FAST
+def test_verify_from_the_decoded_bytes_agrees_with_the_re_encoding(
+    body: Transfer, data: st.DataObject
+) -> None:
+    encoded = encode_tx(sign_tx(KEY, "chain-a", Transaction(KEY.public_key, 5, body)))
+    tx = decode_tx(encoded)
+    assert verify_tx("chain-a", tx, encoded) and verify_tx("chain-a", tx)
+    assert not verify_tx("chain-b", tx, encoded)
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    mutated = bytearray(encoded)
+    mutated[position] ^= 0x01
+    try:
+        changed = decode_tx(bytes(mutated))
+    except DecodeError:
+        return
+    assert verify_tx("chain-a", changed, bytes(mutated)) is verify_tx("chain-a", changed)
+    assert not verify_tx("chain-a", changed, bytes(mutated))
 
 
 def test_sign_tx_refuses_a_foreign_sender() -> None:

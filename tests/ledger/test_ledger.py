@@ -160,9 +160,9 @@ def test_signature_cache_skips_reverification(monkeypatch: pytest.MonkeyPatch) -
     calls = []
     real = ledger.verify_tx
 
-    def counting(chain_id: str, tx: ledger.Transaction) -> bool:
+    def counting(chain_id: str, tx: ledger.Transaction, encoded: bytes | None = None) -> bool:
         calls.append(tx)
-        return real(chain_id, tx)
+        return real(chain_id, tx, encoded)
 
     monkeypatch.setattr(ledger, "verify_tx", counting)
     state = get_genesis_state(GENESIS)

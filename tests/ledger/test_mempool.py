@@ -194,9 +194,9 @@ def test_each_tx_is_verified_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
     real = ledger.verify_tx
 
-    def counting(chain_id: str, tx: ledger.Transaction) -> bool:
+    def counting(chain_id: str, tx: ledger.Transaction, encoded: bytes | None = None) -> bool:
         calls.append(tx.sender)
-        return real(chain_id, tx)
+        return real(chain_id, tx, encoded)
 
     monkeypatch.setattr(ledger, "verify_tx", counting)
     pool = make_pool()
@@ -253,7 +253,7 @@ def test_clients_are_refused_before_the_signature_check_while_the_chain_is_backl
     assert pool.admit(make_transfer(0, 0, 1, 1), state, 100_000, SOURCE_LOCAL).ok  # floor
     assert len(pool) == 3
     checks: list[bytes] = []
-    monkeypatch.setattr(ledger, "verify_tx", lambda chain_id, tx: checks.append(b"") or True)
+    monkeypatch.setattr(ledger, "verify_tx", lambda *args: checks.append(b"") or True)
     refused = pool.admit(make_transfer(0, 1, 1, 1), state, 100_000, SOURCE_LOCAL)
     assert refused.reason == "full" and "backlog" in refused.message and checks == []
     # A peer's relay is still taken (refusing it would leave a nonce gap here).
