@@ -235,8 +235,7 @@ class Mempool:
             )
         # Duplicate first, by the hash of the bytes: a re-relayed copy costs no decode.
         tx_hash = get_tx_hash(tx_bytes)
-        if tx_hash in self._by_hash:
-            self.metrics.duplicates += 1
+        if self.is_duplicate(tx_hash):
             return AdmitResult(tx_hash, None, "already pending", duplicate=True)
         try:
             tx = decode_tx(tx_bytes, self.limits)
@@ -270,17 +269,10 @@ class Mempool:
                 REJECT_BALANCE,
                 f"balance {account.balance}, pending txs reserve {reserved}, this tx needs {cost}",
             )
-        if self._is_full(len(tx_bytes), source):
-            return self._reject(
-                REJECT_FULL,
-                f"mempool full ({len(self._by_hash)} txs, {self._size_bytes} bytes); retry later",
-            )
-        if source == SOURCE_LOCAL and self._is_backlogged():
-            return self._reject(
-                REJECT_FULL,
-                f"backlog: txs take {self.commit_latency_ms / 1000:.1f} s to commit with "
-                f"{len(self._by_hash)} pending; retry later",
-            )
+        refused = (self.check_local_room(len(tx_bytes)) if source == SOURCE_LOCAL
+                   else self._check_room(len(tx_bytes), source))
+        if refused is not None:
+            return refused
         if not verify_tx_signature(
             self.context.chain_id, tx, tx_hash, self.signature_cache, tx_bytes
         ):
@@ -298,6 +290,38 @@ class Mempool:
             self._relay.append(tx_hash)
         self.metrics.admitted += 1
         return AdmitResult(tx_hash)
+
+    def is_duplicate(self, tx_hash: bytes) -> bool:
+        """True if ``tx_hash`` is pending (counted as a duplicate submission)."""
+        if tx_hash not in self._by_hash:
+            return False
+        self.metrics.duplicates += 1
+        return True
+
+    def check_local_room(self, size_bytes: int) -> AdmitResult | None:
+        """A client's tx of ``size_bytes`` refused for room (the pool's local share is
+        full, or the chain is backlogged), or None if there is room.
+
+        Nothing here depends on the tx itself, so a node refuses the rest of a client's
+        batch before decoding or verifying anything: under overload most submissions are
+        refused and retried, and at full price those refusals cost a validator as much
+        CPU as the txs it commits."""
+        refused = self._check_room(size_bytes, SOURCE_LOCAL)
+        if refused is None and self._is_backlogged():
+            refused = self._reject(
+                REJECT_FULL,
+                f"backlog: txs take {self.commit_latency_ms / 1000:.1f} s to commit with "
+                f"{len(self._by_hash)} pending; retry later",
+            )
+        return refused
+
+    def _check_room(self, size_bytes: int, source: str) -> AdmitResult | None:
+        if not self._is_full(size_bytes, source):
+            return None
+        return self._reject(
+            REJECT_FULL,
+            f"mempool full ({len(self._by_hash)} txs, {self._size_bytes} bytes); retry later",
+        )
 
     def _is_full(self, size_bytes: int, source: str) -> bool:
         """Local clients get LOCAL_FILL_PERCENT of the bounds; the rest is headroom for txs

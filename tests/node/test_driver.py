@@ -21,6 +21,7 @@ from consensus.messages import (
     Status,
     Vote,
 )
+from node import mempool as mempool_module
 from node.app import BlockChecker, NodeAuthenticator
 from node.chain import ChainStore
 from node.codec import (
@@ -30,6 +31,7 @@ from node.codec import (
     encode_block,
     encode_consensus_message,
     get_block_hash,
+    get_tx_hash,
 )
 from node.genesis import get_genesis_hash
 from node.ledger import (
@@ -40,14 +42,14 @@ from node.ledger import (
     build_block,
     get_genesis_state,
 )
-from node.mempool import encode_tx_batch
+from node.mempool import SOURCE_PEER, encode_tx_batch
 from node.node import (
     get_partial_block_txs_min,
     get_status_interval_ticks,
     to_codec_certificate,
     to_consensus_certificate,
 )
-from node.service import REJECT_BAD_NONCE, REJECT_INVALID_TX
+from node.service import REJECT_BAD_NONCE, REJECT_INVALID_TX, REJECT_MEMPOOL_FULL
 from node.store import MemoryStore
 from node.wire import (
     FETCH_BLOCKS_MAX,
@@ -374,6 +376,36 @@ def test_submit_maps_mempool_reasons_to_service_codes() -> None:
     # The commit time is this node's own clock at commit (a latency probe), not the header's.
     assert info.committed_time_ms is not None
     assert info.header.time_ms <= info.committed_time_ms <= driver.wall_ms()
+
+
+def test_a_client_tx_without_room_is_refused_before_any_per_tx_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = Cluster()
+    cluster.config = dataclasses.replace(
+        cluster.config, mempool=dataclasses.replace(cluster.config.mempool, txs_max=4)
+    )
+    driver = cluster.restart(0)
+
+    def must_not_run(*args: object) -> None:
+        raise AssertionError("looked up, decoded or verified for nothing")
+
+    # Only a tx whose nonce is already used can be a committed one: no store lookup.
+    monkeypatch.setattr(driver.chain, "get_tx_location", must_not_run)
+    pending = [transfer(0, nonce) for nonce in range(2)]  # the local half of 4
+    assert [driver.submit_tx(tx).status for tx in pending] == ["accepted", "accepted"]
+    monkeypatch.setattr(mempool_module, "decode_tx", must_not_run)
+    refused = driver.submit_tx(transfer(0, 2))
+    assert (refused.status, refused.code) == ("rejected", REJECT_MEMPOOL_FULL)
+    assert refused.tx_hash == get_tx_hash(transfer(0, 2)) and "full" in refused.message
+    # A pending tx sent again is still a duplicate, not a refusal.
+    assert driver.submit_tx(pending[0]).status == "duplicate"
+    gauges = driver.get_metrics().extra_gauges
+    assert gauges["bcfl_mempool_rejected_full_total"] == 1.0
+    assert gauges["bcfl_mempool_duplicates_total"] == 1.0
+    # A peer's relay still finds room (the other half of the pool is theirs).
+    monkeypatch.undo()
+    assert driver.mempool.admit(transfer(1, 0), driver.state, 0, SOURCE_PEER).ok
 
 
 def test_genesis_balances_survive_a_restart() -> None:
