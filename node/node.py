@@ -190,7 +190,7 @@ PARTIAL_BLOCKS_IN_FLIGHT_MAX = 2
 PARTIAL_BLOCK_TXS_PER_VALIDATOR = 25
 RELAY_BATCH_TXS_MAX = 2_000
 RELAY_BATCH_BYTES_MAX = 1024 * 1024
-RELAY_INTERVAL_S = 0.02
+RELAY_INTERVAL_S_N4 = 0.02  # see get_relay_interval_s
 STATUS_INTERVAL_TICKS_N4 = 10
 RELAY_IDLE_WAIT_MAX_S = 0.5  # an idle relay loop still looks this often (e.g. evidence txs)
 CONSENSUS_FRAMES_PER_YIELD = 64
@@ -313,6 +313,22 @@ def get_partial_block_txs_min(n: int, block_txs_max: int) -> int:
     cores, the primary proposing as soon as the pipeline had room ran 2.8 blocks/s of
     35 txs and committed less than blocks of ~390 did (docs/benchmarks.md)."""
     return max(1, min(PARTIAL_BLOCK_TXS_PER_VALIDATOR * n, block_txs_max // 2))
+
+
+def get_relay_interval_s(n: int) -> float:
+    """How long the relay loop lets local txs gather between batches: 20 ms for 4
+    validators, longer in proportion to the n - 1 peers that each receive every batch,
+    so a node receives about as many relay frames per second at any n.
+
+    Every frame costs its receiver a Noise message, Yamux parsing and a trio wake-up
+    (py-libp2p: ~0.3 ms of CPU each at n = 16 here). An open-loop client sends
+    small requests to every node in turn, and at n = 16 a 20 ms interval meant most
+    batches carried a tx or two: each node received ~15 frames per peer batch period
+    and the 16 nodes spent most of the 2 cores on relay frames (500 offered tx/s
+    committed 280). The cost is latency: up to (n - 1) / 3 x 20 ms before the
+    primary sees a tx, 100 ms at n = 16, against blocks that take 0.4 s or more there.
+    """
+    return RELAY_INTERVAL_S_N4 * max(1.0, (n - 1) / 3)
 
 
 def get_status_interval_ticks(n: int, view_change_timeout_ticks: int) -> int:
@@ -949,6 +965,7 @@ class Node:
         self.driver = driver
         self.transport = transport
         self.tick_s = tick_ms / 1000
+        self.relay_interval_s = get_relay_interval_s(driver.replica_config.n)
         self.relay_wanted = trio.Event()
         driver.on_local_tx = self._wake_relay
 
@@ -1011,12 +1028,12 @@ class Node:
             self.driver.tick()
 
     async def _relay_loop(self) -> None:
-        """Relay local txs every RELAY_INTERVAL_S while there are any; otherwise sleep until
+        """Relay local txs every get_relay_interval_s while there are any; otherwise sleep until
         a retry is due or a client's tx arrives. (Polling every 20 ms kept an idle node
         waking 50 times a second, and each wake-up of trio in guest mode costs a thread
         hand-off: most of an idle 16-validator localnet's CPU.)"""
         while True:
-            await trio.sleep(RELAY_INTERVAL_S)  # lets a burst of submissions share a batch
+            await trio.sleep(self.relay_interval_s)  # lets a burst of submissions share a batch
             frame = self.driver.take_relay_frame()
             if frame is not None:
                 self.transport.broadcast(frame, TrafficClass.TRANSACTIONS)

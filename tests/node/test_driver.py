@@ -45,6 +45,7 @@ from node.ledger import (
 from node.mempool import SOURCE_PEER, encode_tx_batch
 from node.node import (
     get_partial_block_txs_min,
+    get_relay_interval_s,
     get_status_interval_ticks,
     to_codec_certificate,
     to_consensus_certificate,
@@ -430,6 +431,13 @@ def test_status_interval_keeps_status_traffic_flat_in_n_and_under_half_a_timeout
             assert 1 <= interval <= max(1, timeout_ticks // 2)
             if 10 * n // 4 <= timeout_ticks // 2:  # not capped: received/s stays flat
                 assert (n - 1) / interval <= 1.5 * 3 / base
+
+
+def test_relay_interval_keeps_relay_frames_received_per_second_flat_in_n() -> None:
+    assert get_relay_interval_s(4) == pytest.approx(0.02)
+    frames_per_s = {n: (n - 1) / get_relay_interval_s(n) for n in (4, 7, 10, 16, 31)}
+    assert all(rate == pytest.approx(frames_per_s[4]) for rate in frames_per_s.values())
+    assert get_relay_interval_s(1) == get_relay_interval_s(2) == pytest.approx(0.02)
 
 
 def test_partial_block_txs_min_grows_with_n_within_the_block_bound() -> None:
