@@ -71,8 +71,6 @@ class MempoolConfig:
 class BlockConfig:
     txs_max: int = field(default=5_000, metadata=_range(1, 1_000_000))
     size_max_bytes: int = field(default=8 * MIB, metadata=_range(KIB, 1024 * MIB))
-    # The least time between proposals that are not full, for 4 validators; a node of
-    # n > 4 waits (n - 1) / 3 times as long (node.node.get_build_interval_s).
     build_interval_ms: int = field(default=200, metadata=_range(1, 600_000))
 
 

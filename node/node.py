@@ -315,18 +315,6 @@ def get_partial_block_txs_min(n: int, block_txs_max: int) -> int:
     return max(1, min(PARTIAL_BLOCK_TXS_PER_VALIDATOR * n, block_txs_max // 2))
 
 
-def get_build_interval_s(build_interval_ms: int, n: int) -> float:
-    """The least time between two proposals that are not full blocks: the configured
-    interval for 4 validators, times (n - 1) / 3 at larger n.
-
-    A block costs every replica O(n) signed votes (the network O(n^2)) whatever its
-    size, so at n = 16 on 2 cores a block every 200 ms left little for the txs:
-    -n 16 --rate 300 made 2.3 blocks/s of 71 txs and committed 161 tx/s; with 1 s,
-    0.9 blocks/s of 228 txs and 202 tx/s, at the same latency (p50 4.9 vs 5.6 s).
-    """
-    return build_interval_ms / 1000 * max(1.0, (n - 1) / 3)
-
-
 def get_relay_interval_s(n: int) -> float:
     """How long the relay loop lets local txs gather between batches: 20 ms for 4
     validators, longer in proportion to the n - 1 peers that each receive every batch,
@@ -432,8 +420,7 @@ class Driver:
         )
         tick_s = config.consensus.tick_ms / 1000
         view_change_s = config.consensus.view_change_timeout_ticks * tick_s
-        self.build_interval_s = get_build_interval_s(
-            config.block.build_interval_ms, len(genesis.validators))
+        self.build_interval_s = config.block.build_interval_ms / 1000
         self.partial_block_txs_min = get_partial_block_txs_min(
             len(genesis.validators), self.block_txs_max)
         self.proposed_txs: dict[int, int] = {}  # our proposals not yet delivered: seq -> txs

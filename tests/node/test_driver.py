@@ -44,7 +44,6 @@ from node.ledger import (
 )
 from node.mempool import SOURCE_PEER, encode_tx_batch
 from node.node import (
-    get_build_interval_s,
     get_partial_block_txs_min,
     get_relay_interval_s,
     get_status_interval_ticks,
@@ -432,14 +431,6 @@ def test_status_interval_keeps_status_traffic_flat_in_n_and_under_half_a_timeout
             assert 1 <= interval <= max(1, timeout_ticks // 2)
             if 10 * n // 4 <= timeout_ticks // 2:  # not capped: received/s stays flat
                 assert (n - 1) / interval <= 1.5 * 3 / base
-
-
-def test_build_interval_is_the_configured_one_at_n_4_and_grows_with_n() -> None:
-    assert get_build_interval_s(200, 4) == pytest.approx(0.2)
-    assert get_build_interval_s(200, 1) == pytest.approx(0.2)
-    assert get_build_interval_s(200, 16) == pytest.approx(1.0)
-    intervals = [get_build_interval_s(200, n) for n in range(4, 32)]
-    assert intervals == sorted(intervals)
 
 
 def test_relay_interval_keeps_relay_frames_received_per_second_flat_in_n() -> None:
