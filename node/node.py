@@ -321,12 +321,11 @@ def get_relay_interval_s(n: int) -> float:
     so a node receives about as many relay frames per second at any n.
 
     Every frame costs its receiver a Noise message, Yamux parsing and a trio wake-up
-    (py-libp2p: ~0.3 ms of CPU each at n = 16 here). An open-loop client sends
-    small requests to every node in turn, and at n = 16 a 20 ms interval meant most
-    batches carried a tx or two: each node received ~15 frames per peer batch period
-    and the 16 nodes spent most of the 2 cores on relay frames (500 offered tx/s
-    committed 280). The cost is latency: up to (n - 1) / 3 x 20 ms before the
-    primary sees a tx, 100 ms at n = 16, against blocks that take 0.4 s or more there.
+    (py-libp2p: ~0.3 ms of CPU each at n = 16 here). An open-loop client sends small
+    requests to every node in turn, and at n = 16 with a 20 ms interval most batches
+    carried a tx or two: about half of every node's frames were relay batches. The
+    cost is latency: up to (n - 1) / 3 x 20 ms before the primary sees a tx, 100 ms
+    at n = 16, against blocks that take 0.4 s or more there.
     """
     return RELAY_INTERVAL_S_N4 * max(1.0, (n - 1) / 3)
 
