@@ -964,7 +964,6 @@ class Node:
         self.driver = driver
         self.transport = transport
         self.tick_s = tick_ms / 1000
-        self.relay_interval_s = get_relay_interval_s(driver.replica_config.n)
         self.relay_wanted = trio.Event()
         driver.on_local_tx = self._wake_relay
 
@@ -1031,8 +1030,9 @@ class Node:
         a retry is due or a client's tx arrives. (Polling every 20 ms kept an idle node
         waking 50 times a second, and each wake-up of trio in guest mode costs a thread
         hand-off: most of an idle 16-validator localnet's CPU.)"""
+        interval_s = get_relay_interval_s(self.driver.replica_config.n)
         while True:
-            await trio.sleep(self.relay_interval_s)  # lets a burst of submissions share a batch
+            await trio.sleep(interval_s)  # lets a burst of submissions share a batch
             frame = self.driver.take_relay_frame()
             if frame is not None:
                 self.transport.broadcast(frame, TrafficClass.TRANSACTIONS)
