@@ -235,8 +235,16 @@ class Mempool:
             )
         # Duplicate first, by the hash of the bytes: a re-relayed copy costs no decode.
         tx_hash = get_tx_hash(tx_bytes)
-        if self.is_duplicate(tx_hash):
+        if tx_hash in self._by_hash:
+            self.metrics.duplicates += 1
             return AdmitResult(tx_hash, None, "already pending", duplicate=True)
+        # Room next: it depends on nothing in the tx but its size. Under overload most
+        # client submissions are refused and retried, and refused after the decode and
+        # checks they cost a validator as much CPU as the txs it committed.
+        refused = (self._check_local_room(len(tx_bytes)) if source == SOURCE_LOCAL
+                   else self._check_room(len(tx_bytes), SOURCE_PEER))
+        if refused is not None:
+            return refused
         try:
             tx = decode_tx(tx_bytes, self.limits)
         except DecodeError as exc:
@@ -269,10 +277,6 @@ class Mempool:
                 REJECT_BALANCE,
                 f"balance {account.balance}, pending txs reserve {reserved}, this tx needs {cost}",
             )
-        refused = (self.check_local_room(len(tx_bytes)) if source == SOURCE_LOCAL
-                   else self._check_room(len(tx_bytes), source))
-        if refused is not None:
-            return refused
         if not verify_tx_signature(
             self.context.chain_id, tx, tx_hash, self.signature_cache, tx_bytes
         ):
@@ -291,21 +295,9 @@ class Mempool:
         self.metrics.admitted += 1
         return AdmitResult(tx_hash)
 
-    def is_duplicate(self, tx_hash: bytes) -> bool:
-        """True if ``tx_hash`` is pending (counted as a duplicate submission)."""
-        if tx_hash not in self._by_hash:
-            return False
-        self.metrics.duplicates += 1
-        return True
-
-    def check_local_room(self, size_bytes: int) -> AdmitResult | None:
+    def _check_local_room(self, size_bytes: int) -> AdmitResult | None:
         """A client's tx of ``size_bytes`` refused for room (the pool's local share is
-        full, or the chain is backlogged), or None if there is room.
-
-        Nothing here depends on the tx itself, so a node refuses the rest of a client's
-        batch before decoding or verifying anything: under overload most submissions are
-        refused and retried, and at full price those refusals cost a validator as much
-        CPU as the txs it commits."""
+        full, or the chain is backlogged), or None if there is room."""
         refused = self._check_room(size_bytes, SOURCE_LOCAL)
         if refused is None and self._is_backlogged():
             refused = self._reject(

@@ -127,7 +127,6 @@ from node.mempool import (
     REJECT_NONCE_TOO_LOW,
     SOURCE_LOCAL,
     SOURCE_PEER,
-    AdmitResult,
     Mempool,
     MempoolConfig,
     decode_tx_batch,
@@ -210,13 +209,6 @@ MEMPOOL_REASON_CODES = {
     "insufficient_balance": REJECT_INSUFFICIENT_BALANCE,
     "full": REJECT_MEMPOOL_FULL,
 }
-
-
-def _get_submit_rejection(tx_hash: bytes, result: AdmitResult) -> SubmitResult:
-    assert result.reason is not None
-    # A body's own reason (e.g. a learning tx's ``privacy_budget``) is its code.
-    code = MEMPOOL_REASON_CODES.get(result.reason, result.reason)
-    return SubmitResult(tx_hash, "rejected", code, f"{result.reason}: {result.message}")
 
 
 class NodeSetupError(Exception):
@@ -827,12 +819,6 @@ class Driver:
 
     def submit_tx(self, tx_bytes: bytes) -> SubmitResult:
         tx_hash = get_tx_hash(tx_bytes)
-        if self.mempool.is_duplicate(tx_hash):
-            return SubmitResult(tx_hash, "duplicate")
-        # Room first: a refusal then costs a hash, not a decode and checks.
-        refused = self.mempool.check_local_room(len(tx_bytes))
-        if refused is not None:
-            return _get_submit_rejection(tx_hash, refused)
         result = self.mempool.admit(tx_bytes, self.state, self.wall_ms(), SOURCE_LOCAL)
         if result.ok and not result.duplicate:
             self.on_local_tx()
@@ -844,7 +830,9 @@ class Driver:
                 and self.chain.get_tx_location(tx_hash) is not None):
             return SubmitResult(tx_hash, "duplicate")
         if result.reason is not None:
-            return _get_submit_rejection(tx_hash, result)
+            # A body's own reason (e.g. a learning tx's ``privacy_budget``) is its code.
+            code = MEMPOOL_REASON_CODES.get(result.reason, result.reason)
+            return SubmitResult(tx_hash, "rejected", code, f"{result.reason}: {result.message}")
         return SubmitResult(tx_hash, "accepted")
 
     def get_tx(self, tx_hash: bytes) -> TxStatus | None:
