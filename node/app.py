@@ -34,10 +34,12 @@ from node.codec import (
     encode_consensus_message,
     get_block_hash,
     get_tx_hash,
+    verify_block_tx_root,
 )
 from node.crypto import DOMAIN_CONSENSUS, sign, verify_signature
 from node.keys import KeyPair
 from node.ledger import (
+    REASON_TX_ROOT,
     AppliedBlock,
     BlockInvalid,
     ChainContext,
@@ -130,7 +132,10 @@ class BlockChecker:
         if len(payload) > self.block_size_max_bytes:
             return f"too_large: {len(payload)} bytes over {self.block_size_max_bytes}"
         try:
-            block = decode_block(payload, self.context.limits, self.context.chain_id, False)
+            # The tx root is checked below, once: by apply_block or before any other use.
+            block = decode_block(
+                payload, self.context.limits, self.context.chain_id, False, check_tx_root=False
+            )
         except DecodeError as exc:
             return f"decode: {exc}"
         header = block.header
@@ -141,17 +146,21 @@ class BlockChecker:
         if not 0 <= header.proposer_index < self.context.validator_count:
             return f"proposer_index: {header.proposer_index} out of range"
         digest = get_block_hash(header)
-        if digest in self._applied:
-            return digest
         parent_state = self.get_state(parent_digest)
-        if parent_state is not None:
-            try:
+        if parent_state is not None and digest not in self._applied:
+            try:  # checks the tx root too
                 applied = apply_block(
                     parent_state, block, self.context, self.signature_cache, self.decoded
                 )
             except BlockInvalid as exc:
                 return f"{exc.reason}: {exc}"
             self.remember(applied)
+            return digest
+        # The header of a block already applied, or no post-state to apply it on: the
+        # txs must still be the ones the header's root commits to.
+        if not verify_block_tx_root(block):
+            return f"{REASON_TX_ROOT}: tx_root does not match the block's transactions"
+        if digest in self._applied:
             return digest
         self.stateless_checks += 1
         return self._check_txs_stateless(block) or digest

@@ -558,12 +558,14 @@ class ChainContext:
 
 @dataclass(frozen=True)
 class AppliedBlock:
-    """The outcome of a block: the post-state, the entries it changed, its txs' hashes."""
+    """The outcome of a block: the post-state, the entries it changed, its txs' hashes,
+    and the block itself (checked: its tx root included), so delivery need not decode it."""
 
     state: State
     diff: Mapping[bytes, bytes | None]
     block_hash: bytes
     tx_hashes: tuple[bytes, ...]
+    block: Block
 
 
 @dataclass(frozen=True)
@@ -680,7 +682,7 @@ def apply_block(
             f"header state_root {header.state_root.hex()[:16]}, computed "
             f"{new_state.state_root.hex()[:16]}",
         )
-    return AppliedBlock(new_state, MappingProxyType(diff), block_hash, tuple(hashes))
+    return AppliedBlock(new_state, MappingProxyType(diff), block_hash, tuple(hashes), block)
 
 
 def build_block(
@@ -818,10 +820,11 @@ class BlockBuilder:
             new_state._leaf_hashes,
             new_state.merkle_levels,
         )
+        block = Block(header, tuple(self._kept))
         applied = AppliedBlock(
-            final_state, MappingProxyType(diff), block_hash, tuple(self.hashes)
+            final_state, MappingProxyType(diff), block_hash, tuple(self.hashes), block
         )
-        return BuiltBlock(Block(header, tuple(self._kept)), applied, tuple(self._dropped))
+        return BuiltBlock(block, applied, tuple(self._dropped))
 
 
 __all__ = [

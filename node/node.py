@@ -85,7 +85,6 @@ from node.app import BlockChecker, NodeAuthenticator
 from node.chain import ChainStore, ChainStoreError
 from node.codec import (
     DEFAULT_LIMITS,
-    Block,
     CommitCertificate,
     CommitSignature,
     DecodeError,
@@ -551,22 +550,22 @@ class Driver:
     def _deliver(self, action: Deliver) -> None:
         if self.halted is not None:
             return
-        try:
-            block = decode_block(action.payload, self.limits, self.genesis.chain_id, False)
-            applied = self.checker.get_applied(action.digest)
-            if applied is None or applied.state.height != self.state.height + 1:
+        applied = self.checker.get_applied(action.digest)
+        if applied is None or applied.state.height != self.state.height + 1:
+            try:
+                block = decode_block(action.payload, self.limits, self.genesis.chain_id, False)
                 applied = apply_block(self.state, block, self.context, self.mempool.signature_cache)
-        except (DecodeError, BlockInvalid) as exc:
-            self._halt(action.seq, str(exc))
-            return
-        assert applied.block_hash == action.digest == get_block_hash(block.header)
-        self._commit(action.payload, block, applied, to_codec_certificate(action.certificate))
+            except (DecodeError, BlockInvalid) as exc:
+                self._halt(action.seq, str(exc))
+                return
+        # A block checked at PRE-PREPARE is kept decoded: its header hashes to the
+        # digest and its txs to the header's tx root, so the payload is that block.
+        assert applied.block_hash == action.digest == get_block_hash(applied.block.header)
+        self._commit(action.payload, applied, to_codec_certificate(action.certificate))
 
-    def _commit(
-        self, payload: bytes, block: Block, applied: AppliedBlock, cert: CommitCertificate
-    ) -> None:
+    def _commit(self, payload: bytes, applied: AppliedBlock, cert: CommitCertificate) -> None:
         self.chain.commit_block(
-            payload, block, cert, applied.diff, applied.state, self.wall_ms()
+            payload, applied.block, cert, applied.diff, applied.state, self.wall_ms()
         )
         self.state = applied.state
         self.checker.set_tip(self.state)

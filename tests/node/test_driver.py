@@ -145,6 +145,28 @@ def test_block_checker_accepts_a_valid_block_and_names_each_fault() -> None:
     assert checker.validate_block(1, genesis_hash, encode_block(other_chain)).startswith("decode")
 
 
+def test_block_checker_checks_the_tx_root_on_every_path() -> None:
+    """The root is checked once per payload, whichever path it takes: a payload with a
+    valid block's header but other txs is refused when applied, when its header was
+    already applied, and when there is no parent state to apply it on."""
+    checker, genesis_hash, payload = _make_checker()
+    block = decode_block(payload)
+    digest = get_block_hash(block.header)
+    swapped = encode_block(dataclasses.replace(block, txs=(transfer(0, 1),)))
+    assert checker.validate_block(1, genesis_hash, swapped).startswith("tx_root")
+    assert checker.get_applied(digest) is None
+    assert checker.validate_block(1, genesis_hash, payload) == digest
+    applied = checker.get_applied(digest)
+    assert applied is not None and applied.block == block
+    assert checker.validate_block(1, genesis_hash, swapped).startswith("tx_root")
+    parent = b"\x09" * 32
+    orphan = dataclasses.replace(block.header, parent_hash=parent)
+    assert checker.validate_block(1, parent, encode_block(dataclasses.replace(
+        block, header=orphan))) == get_block_hash(orphan)
+    orphan_swapped = dataclasses.replace(block, header=orphan, txs=(transfer(0, 1),))
+    assert checker.validate_block(1, parent, encode_block(orphan_swapped)).startswith("tx_root")
+
+
 def test_block_checker_without_parent_state_still_checks_signatures() -> None:
     checker, genesis_hash, payload = _make_checker()
     block = decode_block(payload)
@@ -177,6 +199,26 @@ def test_cluster_commits_transactions_and_agrees() -> None:
         hashes = {d.chain.get_block_bytes(height) for d in cluster.drivers}
         assert len(hashes) == 1
     assert all(d.get_account(ACCOUNT_KEYS[0].public_key).nonce == 5 for d in cluster.drivers)
+
+
+def test_delivery_commits_the_block_checked_at_pre_prepare_without_decoding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import node.node as node_module
+
+    decoded: list[bytes] = []
+    decode = node_module.decode_block
+    monkeypatch.setattr(node_module, "decode_block",
+                        lambda data, *args, **kwargs: decoded.append(data) or decode(
+                            data, *args, **kwargs))
+    cluster = Cluster()
+    for nonce in range(3):
+        assert cluster.drivers[nonce % 4].submit_tx(transfer(0, nonce)).status == "accepted"
+    cluster.run_until(lambda: all(d.txs_committed_total == 3 for d in cluster.drivers))
+    assert decoded == []
+    top = min(cluster.get_heights())
+    assert len({d.chain.get_block_bytes(top) for d in cluster.drivers}) == 1
+    assert all(d.get_account(ACCOUNT_KEYS[0].public_key).nonce == 3 for d in cluster.drivers)
 
 
 def _decode_votes(frames: list[tuple[str, object]]) -> list[tuple[str, object]]:
