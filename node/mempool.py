@@ -43,9 +43,10 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from node import schema
 from node.codec import (
     DEFAULT_LIMITS,
     VERSION_1,
@@ -385,18 +386,28 @@ class Mempool:
 
     def update(
         self, state: State, committed_tx_hashes: Sequence[bytes], now_ms: int | None = None,
-        committed_at_ms: int | None = None,
+        committed_at_ms: int | None = None, changed_keys: Collection[bytes] | None = None,
     ) -> None:
         """After a commit: drop committed txs, txs whose nonce the chain passed, and (given
         ``now_ms``) expired txs. Given ``committed_at_ms``, local txs' admission-to-commit
-        times feed the relay retry's latency estimate (see _schedule_retry)."""
+        times feed the relay retry's latency estimate (see _schedule_retry).
+
+        ``changed_keys``: the state keys the commit changed, if known. A sender's nonce
+        only rises with a change to its account entry, so only those senders are looked
+        at, not every sender in the pool (a pass over every pending tx per block)."""
         for tx_hash in committed_tx_hashes:
             entry = self._by_hash.get(tx_hash)
             if entry is not None:
                 if committed_at_ms is not None and entry.relay_attempts > 0:
                     self._observe_commit_latency(committed_at_ms - entry.admitted_ms)
                 self._remove(entry, EVICT_COMMITTED)
-        for sender in list(self._by_sender):
+        senders: Iterable[bytes] = list(self._by_sender)
+        if changed_keys is not None:
+            prefix = schema.ACCOUNT_PREFIX
+            senders = [key[len(prefix):] for key in changed_keys if key.startswith(prefix)]
+        for sender in senders:
+            if sender not in self._by_sender:
+                continue
             account_nonce = get_account(state, sender).nonce
             stale = [e for nonce, e in self._by_sender[sender].items() if nonce < account_nonce]
             for entry in stale:

@@ -569,7 +569,8 @@ class Driver:
         )
         self.state = applied.state
         self.checker.set_tip(self.state)
-        self.mempool.update(self.state, applied.tx_hashes, committed_at_ms=self.wall_ms())
+        self.mempool.update(self.state, applied.tx_hashes, committed_at_ms=self.wall_ms(),
+                            changed_keys=applied.diff.keys())
         self._settle_evidence_txs(applied.diff)
         now = self.clock()
         self.last_progress_time = now

@@ -214,12 +214,20 @@ def test_each_tx_is_verified_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_random_traffic_keeps_the_pool_consistent() -> None:
     rng = random.Random(7)
     pool = make_pool(tx_count_max=40, nonce_gap_max=4, ttl_ms=50)
+    # Two more pools hold other txs of the same senders, which ``pool``'s blocks make
+    # stale: updated with the block's changed keys, one must evict exactly what the
+    # other, updated with a pass over every pending sender, evicts.
+    by_keys, by_pass = (make_pool(tx_count_max=40, nonce_gap_max=4, ttl_ms=10**6)
+                        for _ in range(2))
     state: State = STATE
     for step in range(120):
         sender = rng.randrange(4)
         nonce = rng.randrange(6)
         tx = make_transfer(sender, nonce, rng.randrange(5), rng.randrange(60))
         pool.admit(tx if rng.random() > 0.05 else os.urandom(20), state, step, SOURCE_LOCAL)
+        other = make_transfer(sender, nonce + rng.randrange(2), 4, rng.randrange(60))
+        for twin in (by_keys, by_pass):
+            twin.admit(other, state, step, SOURCE_LOCAL)
         if step % 10 == 9:
             # A proposer reaps into the block's own builder and finishes from it (one
             # pass); building the reaped txs afresh must give the same block.
@@ -234,8 +242,12 @@ def test_random_traffic_keeps_the_pool_consistent() -> None:
             applied = apply_block(state, built.block, CONTEXT)
             state = applied.state
             pool.update(state, applied.tx_hashes, step)
+            by_keys.update(state, applied.tx_hashes, step, changed_keys=applied.diff.keys())
+            by_pass.update(state, applied.tx_hashes, step)
+            assert by_keys._by_hash.keys() == by_pass._by_hash.keys()
         assert len(pool) <= 40
         assert pool.size_bytes == sum(len(e.tx_bytes) for e in pool._by_hash.values())
+    assert by_keys.get_metrics()["mempool_evicted_stale_nonce"] > 10
 
 
 def test_clients_are_refused_before_the_signature_check_while_the_chain_is_backlogged(
