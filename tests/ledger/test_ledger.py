@@ -341,3 +341,22 @@ def test_value_only_diffs_reuse_the_parents_tree_and_key_changes_rebuild_it() ->
         assert result.state_root == ledger.make_state(0, b"", 0, result.entries).state_root
     assert len({values_only.state_root, inserted.state_root, deleted.state_root,
                 state.state_root}) == 4
+
+
+@settings(max_examples=50, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
+                      min_size=1, max_size=40))
+def test_decoded_accounts_cache_agrees_with_a_fresh_decode(pairs: list[tuple[int, int]]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ledger, "DECODED_ACCOUNTS_MAX", 8)  # the bound is hit
+        for balance, nonce in pairs:
+            account = ledger.Account(balance, nonce)
+            value = ledger.encode_account(account)
+            assert value == balance.to_bytes(8, "little") + nonce.to_bytes(8, "little")
+            assert ledger.decode_account(value) == account
+            # A copy with another identity decodes the same, cached or not.
+            assert ledger.decode_account(bytes(bytearray(value))) == account
+            assert len(ledger._DECODED_ACCOUNTS) <= 8
+    for size in (0, 15, 17):
+        with pytest.raises(ledger.DecodeError):
+            ledger.decode_account(b"\x00" * size)
