@@ -28,7 +28,9 @@ funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
   stream's 256-event client queue drops tx events under load.
 - The first ``--warmup`` seconds are excluded; figures cover the next ``--duration``
   seconds and carry their sample counts. Around that window it reads each node's
-  ``/metrics`` (view changes, transport bytes sent) and ``/proc/<pid>/stat`` (CPU).
+  ``/metrics`` (view changes, transport bytes sent), ``/proc/<pid>/stat`` of every
+  validator and loader (CPU), and ``/proc/stat`` (the whole machine's busy and stolen
+  CPU: the loaders and the poller share the validators' cores).
 - Accounting: after the loaders finish it waits (``--drain-timeout``) until every
   accepted tx is in a block. ``accepted == committed + stranded + missing``; rejected
   txs are reported with their codes. A tx accepted after an earlier tx of its account
@@ -36,9 +38,11 @@ funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
   it is ``stranded`` (it leaves the pools at the mempool TTL), reported, not a failure.
   Any other uncommitted accepted tx is ``missing``: a failure (exit code 1).
 
-Before the nodes start it measures this machine's ceiling: Ed25519 verifications per
-second on all cores (one process per core) and so the most tx/s N validators sharing
-the machine could commit if each verified each tx once and did nothing else.
+Before the first localnet starts and after the last one stops it measures this
+machine's ceiling: Ed25519 verifications per second on all cores (one process per
+core); their mean gives the most tx/s N validators sharing the machine could commit if
+each verified each tx once and did nothing else, and both are reported with their
+spread (a shared machine's speed drifts within an hour).
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ TABLE_COLUMNS = (  # (header, width, value of a run)
     ("cpu/val", 7, lambda r: round(sum(r["cpu_cores_per_validator"])
                                    / len(r["cpu_cores_per_validator"]), 3)),
     ("us/tx", 7, lambda r: r["validator_cpu_us_per_committed_tx"]),
+    ("ldr cpu", 7, lambda r: r["cpu_cores_loaders"]),
+    ("busy", 5, lambda r: r["cpu_cores_machine_busy"]),
     ("B/tx", 7, lambda r: r["bytes_sent_per_committed_tx"]),
     ("missing", 7, lambda r: r["accounting"]["missing"]),
 )
@@ -134,6 +140,23 @@ def measure_verify_ceiling(seconds: float) -> dict[str, Any]:
         "verifications": total,
         "verifications_per_s": round(total / seconds, 1),
         "per_core_per_s": round(total / seconds / cores, 1),
+    }
+
+
+def combine_ceilings(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One ceiling from the measurements before and after the runs: their mean, and
+    both, since a shared machine's speed drifts (28,400 and 35,400 verifications/s in
+    one hour) and a fraction of the ceiling carries that spread."""
+    rates = [before["verifications_per_s"], after["verifications_per_s"]]
+    mean = sum(rates) / 2
+    return {
+        "processes": before["processes"],
+        "duration_s": round(before["duration_s"] + after["duration_s"], 3),
+        "verifications": before["verifications"] + after["verifications"],
+        "verifications_per_s": round(mean, 1),
+        "per_core_per_s": round(mean / before["processes"], 1),
+        "measured_per_s": rates,  # before the first run, after the last
+        "spread": round((max(rates) - min(rates)) / mean, 4) if mean else 0.0,
     }
 
 
@@ -383,6 +406,19 @@ def get_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def get_machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU-seconds of the whole machine since boot, from /proc/stat.
+
+    Busy is every process's user and system time, this bench's loaders and poller and
+    anything else running included; steal is time the hypervisor gave to others."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for line in text.splitlines():
@@ -396,15 +432,21 @@ def parse_metrics(text: str) -> dict[str, float]:
 @dataclass
 class Snapshot:
     time: float
-    cpu_s: list[float]
+    cpu_s: list[float]  # per validator
     metrics: list[dict[str, float]]
+    loaders_cpu_s: float = 0.0  # all load generators together
+    machine_busy_s: float = 0.0  # see get_machine_cpu_seconds
+    machine_steal_s: float = 0.0
 
 
-async def take_snapshot(clients: list[AsyncClient], pids: list[int]) -> Snapshot:
+async def take_snapshot(clients: list[AsyncClient], pids: list[int],
+                        loader_pids: list[int]) -> Snapshot:
     now = time.time()
     cpu = [get_cpu_seconds(pid) for pid in pids]
+    loaders = sum(get_cpu_seconds(pid) for pid in loader_pids)  # joined only after "after"
+    busy, steal = get_machine_cpu_seconds()
     texts = await asyncio.gather(*(c.get_metrics() for c in clients))
-    return Snapshot(now, cpu, [parse_metrics(t) for t in texts])
+    return Snapshot(now, cpu, [parse_metrics(t) for t in texts], loaders, busy, steal)
 
 
 @dataclass
@@ -510,9 +552,10 @@ async def _run_step(homes: list[Path], key_paths: list[Path], step: StepConfig,
         for _ in processes:
             start.put(t0)
         await asyncio.sleep(t0 + step.warmup_s - time.time())
-        before = await take_snapshot(clients, pids)
+        loader_pids = [p.pid for p in processes if p.pid is not None]
+        before = await take_snapshot(clients, pids, loader_pids)
         await asyncio.sleep(step.duration_s)
-        after = await take_snapshot(clients, pids)
+        after = await take_snapshot(clients, pids, loader_pids)
         for process in processes:
             await asyncio.to_thread(process.join)
         results = [json.loads(Path(s.result_path).read_text()) for s in specs]
@@ -615,6 +658,13 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         "view_changes": int(max(delta("bcfl_view_changes_total"), default=0)),
         "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
         "cpu_cores_per_validator": cpu,
+        # The same cores ran the load generators and the block poller: what they took
+        # was not the validators', and the machine's total shows any other tenant.
+        "cpu_cores_loaders": round((after.loaders_cpu_s - before.loaders_cpu_s) / elapsed, 3),
+        "cpu_cores_machine_busy": round(
+            (after.machine_busy_s - before.machine_busy_s) / elapsed, 3),
+        "cpu_cores_machine_steal": round(
+            (after.machine_steal_s - before.machine_steal_s) / elapsed, 3),
         # Load-independent cost: all validators' CPU in the window per committed tx.
         "validator_cpu_us_per_committed_tx": round(
             sum(a - b for a, b in zip(after.cpu_s, before.cpu_s, strict=True))
@@ -777,8 +827,11 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(" ".join(f"{'-' if (v := get(run)) is None else v!s:>{width}}"
                               for _, width, get in TABLE_COLUMNS))
     ceiling = report["ceiling"]
+    measured = " / ".join(f"{r:.0f}" for r in ceiling.get("measured_per_s", []))
     lines.append(f"ceiling: {ceiling['verifications_per_s']:.0f} Ed25519 verifications/s on "
-                 f"{ceiling.get('processes', '?')} processes; per-N ceiling = that / N")
+                 f"{ceiling.get('processes', '?')} processes"
+                 + (f" (mean of {measured} before / after the runs)" if measured else "")
+                 + "; per-N ceiling = that / N")
     return "\n".join(lines)
 
 
@@ -789,12 +842,13 @@ def main(argv: list[str]) -> int:
         "machine": get_machine_info(),
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "tx_size_bytes": TX_SIZE_BYTES,
-        "ceiling": measure_verify_ceiling(args.ceiling_seconds) if args.ceiling_seconds > 0
-        else {"verifications_per_s": 0.0},
+        "ceiling": {"verifications_per_s": 0.0},
         "runs": [],
         "failures": [],
     }
-    print(f"ceiling: {report['ceiling']}", file=sys.stderr)
+    ceiling_before = (measure_verify_ceiling(args.ceiling_seconds)
+                      if args.ceiling_seconds > 0 else None)
+    print(f"ceiling before the runs: {ceiling_before}", file=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-"))
     try:
         for n in args.sizes:
@@ -813,10 +867,6 @@ def main(argv: list[str]) -> int:
                     workdir = root / f"n{n}-r{int(step.rate_per_s)}"
                     workdir.mkdir()
                     run = {"validators": n, **run_step(homes, key_paths, step, workdir)}
-                    ceiling = report["ceiling"]["verifications_per_s"] / n
-                    run["ceiling_tx_per_s"] = round(ceiling, 1)
-                    run["fraction_of_ceiling"] = (round(run["committed_tx_per_s"] / ceiling, 4)
-                                                  if ceiling else None)
                     report["runs"].append(run)
                     print_run(run)
                     acc = run["accounting"]
@@ -829,6 +879,14 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"localnet directories kept in {root}", file=sys.stderr)
+    if ceiling_before is not None:
+        report["ceiling"] = combine_ceilings(
+            ceiling_before, measure_verify_ceiling(args.ceiling_seconds))
+    for run in report["runs"]:
+        ceiling = report["ceiling"]["verifications_per_s"] / run["validators"]
+        run["ceiling_tx_per_s"] = round(ceiling, 1)
+        run["fraction_of_ceiling"] = (round(run["committed_tx_per_s"] / ceiling, 4)
+                                      if ceiling else None)
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         if not args.no_plots and report["runs"]:
