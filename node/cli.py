@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "a hospital trains on its CSV and submits deltas through a validator"),
     "sim": ("sim", "run the deterministic PBFT simulator for one or many seeds"),
     "robustness": ("robustness", "evaluate aggregation rules against attacks"),
-    "bench": ("bench", "benchmarks: consensus, core, transport, aggregation, round"),
+    "bench": ("bench", "benchmarks: consensus, node, core, transport, ledger, aggregation, round"),
     "e2e": ("e2e", "fault-injection scenarios on real processes"),
 
 }

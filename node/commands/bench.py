@@ -16,6 +16,7 @@ MODES: dict[str, str] = {
     "transport": "the libp2p path alone",
     "aggregation": "robust aggregation kernels vs NumPy and Flower",
     "ledger": "state transition and mempool throughput, in process",
+    "node": "the node layer of N validators in one process (no network)",
     "round": "one learning round end to end",
 }
 

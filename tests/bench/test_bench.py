@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.bench import common, consensus, core, transport
+from node.bench import node as node_bench
 from node.bench import round as round_bench
 from node.keys import KeyPair
 from tests.ports import find_free_port_block
@@ -159,3 +160,29 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
         results=[{"account_hashes": [["a"], ["d"]], "unsent": 0, "retries": 0}])
     assert run["latency_s"]["samples"] == 1 and run["latency_s"]["max"] == 0.5
     assert run["accounting"]["duplicate"] == 1 and run["accounting"]["missing"] == 0
+
+
+@pytest.mark.parametrize("store", ["leveldb", "memory"])
+def test_node_mode_commits_every_tx_at_every_validator(tmp_path: Path, store: str) -> None:
+    out = tmp_path / "node.json"
+    code = node_bench.main(["--validators", "4,7", "--txs", "300", "--accounts", "30",
+                            "--batch", "40", "--store", store, "--output", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["failures"] == []
+    assert [run["validators"] for run in report["runs"]] == [4, 7]
+    for run in report["runs"]:
+        assert run["committed_per_validator"] == [300] * run["validators"]
+        assert run["top_blocks_agree"] and run["blocks"] >= 1
+        assert run["cpu_us_per_tx"] > 0 and 0 < run["verify_share"] < 1
+        # each validator's share of the cost, split into signature checks and the rest
+        assert run["cpu_us_per_tx_per_validator"] == pytest.approx(
+            run["cpu_us_per_tx"] / run["validators"], abs=0.1)
+        assert run["other_us_per_tx_per_validator"] == pytest.approx(
+            (run["cpu_us_per_tx"] - run["verify_us_per_tx"]) / run["validators"], abs=0.2)
+
+
+def test_node_mode_refuses_more_txs_than_the_nonce_window_allows() -> None:
+    with pytest.raises(SystemExit):
+        node_bench.parse_args(["--txs", "1000", "--accounts", "10"])
+    with pytest.raises(SystemExit):
+        node_bench.parse_args(["--validators", "5"])
