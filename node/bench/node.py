@@ -12,7 +12,8 @@ commits blocks exactly as a real validator does; only HTTP, libp2p and trio are 
 It reports the process's CPU time from the first submission to the last commit per
 committed tx: the node layer's cost at N validators. The Ed25519 verifications in it
 (each validator verifies each tx once) are timed separately in the same process and
-reported as a share, so the rest is what the node layer adds. The work is the same on
+reported as a share, so the rest is what the node layer adds. The collector is set as
+``bcfl start`` sets it (``node.runtime.configure_gc``). The work is the same on
 every run (fixed keys, fixed order), so on a noisy machine a change to the node layer
 shows here with a few interleaved repetitions where ``bcfl bench consensus`` cannot
 separate it from the machine's drift. It checks that every driver committed every tx
@@ -38,6 +39,7 @@ from node.config import Config
 from node.genesis import Genesis, Member, ValidatorInfo
 from node.keys import KeyPair
 from node.node import Driver
+from node.runtime import configure_gc
 from node.store import KVStore, LevelDBStore, MemoryStore
 from node.transport import TrafficClass
 
@@ -216,6 +218,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    configure_gc()  # as ``bcfl start`` does: the node's collector settings
     account_keys = [KeyPair.from_seed(i.to_bytes(4, "big") * 8) for i in range(args.accounts)]
     txs = make_txs(account_keys, args.txs)
     verify_us = measure_verify_us(txs)
