@@ -16,7 +16,7 @@ The write-ahead area (``w/`` + seq) holds the consensus driver's records
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from node import schema
 from node.codec import (
@@ -28,10 +28,9 @@ from node.codec import (
     decode_commit_certificate,
     encode_commit_certificate,
     get_block_hash,
-    get_tx_hash,
 )
 from node.genesis import Genesis, get_genesis_hash
-from node.ledger import State, get_genesis_state, make_state
+from node.ledger import AppliedBlock, State, get_genesis_state, make_state
 from node.store import KVStore
 
 WAL_RECORDS_MAX = 100_000
@@ -81,16 +80,16 @@ class ChainStore:
     def commit_block(
         self,
         block_bytes: bytes,
-        block: Block,
+        applied: AppliedBlock,
         certificate: CommitCertificate,
-        diff: Mapping[bytes, bytes | None],
-        new_state: State,
         commit_time_ms: int | None = None,
     ) -> None:
-        """Write a block the ledger accepted, and everything it changed, in one synced batch.
+        """Write a block the ledger accepted (``applied``: the block, its post-state, the
+        entries it changed and its txs' hashes), and all it changed, in one synced batch.
 
         ``commit_time_ms`` (this node's wall clock) is kept beside the block for latency
         measurements; it is local, so it is in no hash and no two nodes need agree on it."""
+        block, diff, new_state = applied.block, applied.diff, applied.state
         header = block.header
         height = header.height
         latest = self.get_latest_height()
@@ -109,10 +108,9 @@ class ChainStore:
         ]
         if commit_time_ms is not None:
             puts.append((schema.get_commit_time_key(height), schema.encode_height(commit_time_ms)))
-        for index, tx in enumerate(block.txs):
-            puts.append(
-                (schema.get_tx_key(get_tx_hash(tx)), schema.encode_tx_location(height, index))
-            )
+        assert len(applied.tx_hashes) == len(block.txs)
+        for index, tx_hash in enumerate(applied.tx_hashes):  # hashed once, when applied
+            puts.append((schema.get_tx_key(tx_hash), schema.encode_tx_location(height, index)))
         deletes: list[bytes] = []
         for key, value in diff.items():
             assert key.startswith(schema.STATE_PREFIX)

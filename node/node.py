@@ -564,9 +564,7 @@ class Driver:
         self._commit(action.payload, applied, to_codec_certificate(action.certificate))
 
     def _commit(self, payload: bytes, applied: AppliedBlock, cert: CommitCertificate) -> None:
-        self.chain.commit_block(
-            payload, applied.block, cert, applied.diff, applied.state, self.wall_ms()
-        )
+        self.chain.commit_block(payload, applied, cert, self.wall_ms())
         self.state = applied.state
         self.checker.set_tip(self.state)
         self.mempool.update(self.state, applied.tx_hashes, committed_at_ms=self.wall_ms(),
@@ -818,8 +816,9 @@ class Driver:
     # --- queries (API) -----------------------------------------------------------------
 
     def submit_tx(self, tx_bytes: bytes) -> SubmitResult:
-        tx_hash = get_tx_hash(tx_bytes)
         result = self.mempool.admit(tx_bytes, self.state, self.wall_ms(), SOURCE_LOCAL)
+        # admit hashed an accepted or duplicate tx already; a refusal may not have
+        tx_hash = result.tx_hash if result.tx_hash is not None else get_tx_hash(tx_bytes)
         if result.ok and not result.duplicate:
             self.on_local_tx()
         if result.duplicate:

@@ -29,10 +29,8 @@ def commit_chain(chain: ChainStore, blocks_txs: list[list[bytes]]) -> list[State
         applied = apply_block(state, built.block, CONTEXT)
         chain.commit_block(
             encode_block(built.block),
-            built.block,
+            applied,
             make_certificate(built.block.header.height, applied.block_hash),
-            applied.diff,
-            applied.state,
         )
         state = applied.state
         states.append(state)
@@ -88,7 +86,7 @@ def test_commit_refuses_a_height_out_of_order() -> None:
     built = build_block(state, [], CONTEXT, 0, 0, 5000)
     applied = built.applied
     certificate = make_certificate(1, applied.block_hash)
-    args = (encode_block(built.block), built.block, certificate, applied.diff, applied.state)
+    args = (encode_block(built.block), applied, certificate)
     chain.commit_block(*args)
     with pytest.raises(ChainStoreError):
         chain.commit_block(*args)

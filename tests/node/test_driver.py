@@ -326,7 +326,7 @@ def test_restore_from_the_wal_gives_no_double_vote() -> None:
         block = decode_block(raw)
 
         applied = apply_block(chain.load_state(), block, ChainContext.from_genesis(cluster.genesis))
-        chain.commit_block(raw, block, cert, applied.diff, applied.state)
+        chain.commit_block(raw, applied, cert)
     cluster.stores[1] = amnesiac_store
     amnesiac = cluster.restart(1)
     cluster.networks[1].sent.clear()
