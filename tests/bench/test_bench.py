@@ -160,6 +160,15 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
         results=[{"account_hashes": [["a"], ["d"]], "unsent": 0, "retries": 0}])
     assert run["latency_s"]["samples"] == 1 and run["latency_s"]["max"] == 0.5
     assert run["accounting"]["duplicate"] == 1 and run["accounting"]["missing"] == 0
+    # the last submission was at 102 s of a window ending at 110 s: the load ran out
+    assert run["load_ended_s_before_window_end"] == 8.0
+
+
+def test_closed_loop_presigns_enough_txs_for_its_window() -> None:
+    args = consensus.parse_args(["--closed-loop", "--duration", "10", "--warmup", "2"])
+    assert args.closed_loop_txs == 12 * consensus.CLOSED_LOOP_TXS_PER_S
+    args = consensus.parse_args(["--closed-loop", "--closed-loop-txs", "500"])
+    assert args.closed_loop_txs == 500
 
 
 @pytest.mark.parametrize("store", ["leveldb", "memory"])
