@@ -652,8 +652,9 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         "offered_tx_per_s": round(offered / elapsed, 1),
         "offered_txs": offered,
         "committed_tx_per_s": round(committed_in_window / elapsed, 1),
-        # > 0: the loader sent its last tx this long before the window closed (it ran
-        # out), so a closed loop's rate is a lower bound: use more --closed-loop-txs.
+        # > 0: the loaders sent their last tx this long before the window closed (a
+        # closed loop ran out: use more --closed-loop-txs; an open loop past capacity
+        # skipped accounts behind refused txs), so the committed rate is a lower bound.
         "load_ended_s_before_window_end": round(
             max(0.0, window[1] - max(submitted.values(), default=window[0])), 3),
         "committed_txs_in_window": committed_in_window,
@@ -885,7 +886,9 @@ def main(argv: list[str]) -> int:
                         report["warnings"].append(
                             f"N={n} {run['mode']}: the load ended "
                             f"{run['load_ended_s_before_window_end']} s before the window "
-                            "did; its committed rate is a lower bound")
+                            "did (a closed loop out of pre-signed txs, or an open loop "
+                            "skipping accounts behind refused txs); the committed rate "
+                            "is a lower bound")
                     acc = run["accounting"]
                     if acc["missing"] or acc["unanswered"]:
                         report["failures"].append(
