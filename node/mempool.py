@@ -43,7 +43,7 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from node import schema
@@ -401,10 +401,9 @@ class Mempool:
                 if committed_at_ms is not None and entry.relay_attempts > 0:
                     self._observe_commit_latency(committed_at_ms - entry.admitted_ms)
                 self._remove(entry, EVICT_COMMITTED)
-        senders: Iterable[bytes] = list(self._by_sender)
-        if changed_keys is not None:
-            prefix = schema.ACCOUNT_PREFIX
-            senders = [key[len(prefix):] for key in changed_keys if key.startswith(prefix)]
+        prefix = schema.ACCOUNT_PREFIX
+        senders = (list(self._by_sender) if changed_keys is None
+                   else [key[len(prefix):] for key in changed_keys if key.startswith(prefix)])
         for sender in senders:
             if sender not in self._by_sender:
                 continue
