@@ -16,6 +16,7 @@ answer, and 500, logged, for anything unexpected; no input crashes the server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -271,7 +272,26 @@ def render_metrics(metrics: Metrics, settings: ApiSettings | None = None) -> str
             logger.warning("metrics: skipping invalid metric name %r", extra_name)
             continue
         add(extra_name, "gauge", extra_name.replace("_", " ") + ".", value)
+    _render_gc(lines)
     return "\n".join(lines) + "\n"
+
+
+def _render_gc(lines: list[str]) -> None:
+    """This process's cycle collector, under the names Prometheus's Python client uses
+    (the node sets its thresholds: node/runtime.py ``configure_gc``)."""
+    stats = gc.get_stats()
+    for name, key, help_text in (
+        ("python_gc_collections_total", "collections", "Collections, by generation."),
+        ("python_gc_objects_collected_total", "collected", "Objects the collector freed."),
+        ("python_gc_objects_uncollectable_total", "uncollectable",
+         "Objects the collector found uncollectable."),
+    ):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        lines += [f'{name}{{generation="{generation}"}} {stat[key]}'
+                  for generation, stat in enumerate(stats)]
+    name = "python_gc_objects_frozen"
+    lines += [f"# HELP {name} Objects frozen out of every collection (gc.freeze).",
+              f"# TYPE {name} gauge", f"{name} {gc.get_freeze_count()}"]
 
 
 # --- request helpers -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import random
@@ -13,7 +14,7 @@ import pytest
 from aiohttp import WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient
 
-from node.api import SETTINGS_KEY, Route, create_app, get_openapi_document
+from node.api import SETTINGS_KEY, Route, create_app, get_openapi_document, render_metrics
 from node.client import make_transfer
 from node.codec import decode_block, get_tx_hash
 from node.config import ApiConfig, Config
@@ -403,6 +404,20 @@ def test_metrics_are_prometheus_text() -> None:
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["bcfl_consensus_latency_seconds"].type == "histogram"
     assert families["bcfl_view_changes"].type == "counter"
+    assert families["python_gc_collections"].type == "counter"
+    assert families["python_gc_objects_frozen"].type == "gauge"
+
+
+def test_metrics_count_the_collector_as_it_runs() -> None:
+    metrics = asyncio.run(make_service().get_metrics())
+    before = parse_prometheus(render_metrics(metrics))
+    gc.collect()
+    after = parse_prometheus(render_metrics(metrics))
+    key = 'python_gc_collections_total{generation="2"}'
+    assert after[key] >= before[key] + 1  # the full collection in between (and any other)
+    for generation in range(3):
+        assert f'python_gc_objects_uncollectable_total{{generation="{generation}"}}' in after
+    assert after["python_gc_objects_frozen"] == gc.get_freeze_count()
 
 
 def _router_routes(app: web.Application) -> set[tuple[str, str]]:
