@@ -665,6 +665,10 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
                       for k, v in latency.items()},
         "latency_definition": "submit (batch sent) -> node 0 committed the block (its clock)",
         "view_changes": int(max(delta("bcfl_view_changes_total"), default=0)),
+        # Re-relays of local txs still pending after the retry backoff, and txs a node
+        # was offered again (relays, resends): work and bytes that commit nothing new.
+        "relay_retries_in_window": int(sum(delta("bcfl_mempool_relay_retries_total"))),
+        "duplicates_in_window": int(sum(delta("bcfl_mempool_duplicates_total"))),
         "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
         "cpu_cores_per_validator": cpu,
         # The same cores ran the load generators and the block poller: what they took

@@ -149,8 +149,10 @@ def test_a_rejected_tx_strands_only_the_later_txs_of_its_own_account() -> None:
 def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
     # "d" was pending from an earlier step, committed at 101 s and sent again at 102 s: a
     # duplicate, whose "latency" would be negative. Only "a" (accepted now) is a sample.
-    before = consensus.Snapshot(100.0, [0.0] * 4, [{}] * 4)
-    after = consensus.Snapshot(110.0, [1.0] * 4, [{}] * 4)
+    before = consensus.Snapshot(100.0, [0.0] * 4, [{"bcfl_mempool_relay_retries_total": 5}] * 4)
+    after = consensus.Snapshot(110.0, [1.0] * 4, [
+        {"bcfl_mempool_relay_retries_total": 5 + i, "bcfl_mempool_duplicates_total": 2}
+        for i in range(4)])
     blocks = [consensus.ObservedBlock(1, 101.0, ["a", "d"])]
     step = consensus.StepConfig(1000.0, 2.0, 10.0, 30.0, 1, 250, 0)
     run = consensus.summarise(
@@ -160,6 +162,9 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
         results=[{"account_hashes": [["a"], ["d"]], "unsent": 0, "retries": 0}])
     assert run["latency_s"]["samples"] == 1 and run["latency_s"]["max"] == 0.5
     assert run["accounting"]["duplicate"] == 1 and run["accounting"]["missing"] == 0
+    # the nodes' counters move by their deltas, summed over the nodes
+    assert run["relay_retries_in_window"] == 0 + 1 + 2 + 3
+    assert run["duplicates_in_window"] == 4 * 2
     # the last submission was at 102 s of a window ending at 110 s: the load ran out
     assert run["load_ended_s_before_window_end"] == 8.0
 
