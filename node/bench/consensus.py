@@ -669,6 +669,10 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         # was offered again (relays, resends): work and bytes that commit nothing new.
         "relay_retries_in_window": int(sum(delta("bcfl_mempool_relay_retries_total"))),
         "duplicates_in_window": int(sum(delta("bcfl_mempool_duplicates_total"))),
+        # The validators' cycle collector (node/runtime.py configure_gc), all nodes.
+        "gc_collections_in_window": [
+            int(sum(delta(f'python_gc_collections_total{{generation="{generation}"}}')))
+            for generation in range(3)],
         "messages_dropped_in_window": {k: v for k, v in drops.items() if v},
         "cpu_cores_per_validator": cpu,
         # The same cores ran the load generators and the block poller: what they took

@@ -151,7 +151,8 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
     # duplicate, whose "latency" would be negative. Only "a" (accepted now) is a sample.
     before = consensus.Snapshot(100.0, [0.0] * 4, [{"bcfl_mempool_relay_retries_total": 5}] * 4)
     after = consensus.Snapshot(110.0, [1.0] * 4, [
-        {"bcfl_mempool_relay_retries_total": 5 + i, "bcfl_mempool_duplicates_total": 2}
+        {"bcfl_mempool_relay_retries_total": 5 + i, "bcfl_mempool_duplicates_total": 2,
+         'python_gc_collections_total{generation="0"}': 3}
         for i in range(4)])
     blocks = [consensus.ObservedBlock(1, 101.0, ["a", "d"])]
     step = consensus.StepConfig(1000.0, 2.0, 10.0, 30.0, 1, 250, 0)
@@ -165,6 +166,7 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
     # the nodes' counters move by their deltas, summed over the nodes
     assert run["relay_retries_in_window"] == 0 + 1 + 2 + 3
     assert run["duplicates_in_window"] == 4 * 2
+    assert run["gc_collections_in_window"] == [4 * 3, 0, 0]
     # the last submission was at 102 s of a window ending at 110 s: the load ran out
     assert run["load_ended_s_before_window_end"] == 8.0
 
