@@ -401,11 +401,10 @@ class Mempool:
                 if committed_at_ms is not None and entry.relay_attempts > 0:
                     self._observe_commit_latency(committed_at_ms - entry.admitted_ms)
                 self._remove(entry, EVICT_COMMITTED)
-        prefix = schema.ACCOUNT_PREFIX
         senders = (list(self._by_sender) if changed_keys is None
-                   else [key[len(prefix):] for key in changed_keys if key.startswith(prefix)])
+                   else [schema.get_account_public_key(key) for key in changed_keys])
         for sender in senders:
-            if sender not in self._by_sender:
+            if sender is None or sender not in self._by_sender:
                 continue
             account_nonce = get_account(state, sender).nonce
             stale = [e for nonce, e in self._by_sender[sender].items() if nonce < account_nonce]

@@ -161,6 +161,14 @@ def get_account_key(public_key: bytes) -> bytes:
     return ACCOUNT_PREFIX + public_key
 
 
+def get_account_public_key(key: bytes) -> bytes | None:
+    """The public key of an account entry's key (``get_account_key``'s inverse), or None
+    for a key of another kind."""
+    if not key.startswith(ACCOUNT_PREFIX) or len(key) != len(ACCOUNT_PREFIX) + 32:
+        return None
+    return key[len(ACCOUNT_PREFIX):]
+
+
 def get_wal_key(seq: int) -> bytes:
     """The write-ahead record number ``seq`` (monotonically increasing, from 0)."""
     return WAL_PREFIX + encode_height(seq)

@@ -121,6 +121,9 @@ def test_schema_keys() -> None:
     assert schema.decode_tx_location(schema.encode_tx_location(5, 9)) == (5, 9)
     assert schema.decode_height(schema.encode_height(2**64 - 1)) == 2**64 - 1
     assert schema.get_account_key(b"\x01" * 32).startswith(schema.STATE_PREFIX)
+    assert schema.get_account_public_key(schema.get_account_key(b"\x01" * 32)) == b"\x01" * 32
+    assert schema.get_account_public_key(schema.get_state_key(b"e", b"\x01" * 32)) is None
+    assert schema.get_account_public_key(schema.ACCOUNT_PREFIX + b"\x01" * 31) is None
     with pytest.raises(schema.SchemaError):
         schema.get_tx_key(b"short")
     with pytest.raises(schema.SchemaError):
