@@ -7,11 +7,17 @@ funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
 - ``--loaders`` load-generator processes (multiprocessing, spawn) each own a slice of
   the accounts. Before the clock starts each pre-signs its transfers (200 bytes
   encoded, padded with a memo; nonces in sequence per account from the committed
-  state), so signing never limits the offered load. Then, open loop, every 5 ms
-  each sends the txs that are due at ``rate / loaders`` per second as batches
-  (``POST /v1/txs/batch``) round-robin over every validator's API, without waiting
-  for answers (at most ``IN_FLIGHT_MAX`` requests in flight per loader; a loader
-  that falls behind offers less, and that shows as ``offered_tx_per_s``). The
+  state), so signing never limits the offered load. Each account's txs go to one
+  validator's API, as a client sticks to its own node (``--routing pinned``, the
+  default); ``--routing spread`` sends each batch to the next API whatever its
+  accounts, so an account's consecutive nonces arrive at different validators and
+  reach the primary out of order through their relays (until the sixth session the
+  only routing: see docs/benchmarks.md). Then, open loop, every 5 ms each sends the
+  txs that are due at ``rate / loaders`` per second as batches (``POST
+  /v1/txs/batch``), one API per interval in turn (pinned: that API's txs due since
+  its last turn, at most N intervals of waiting), without waiting for answers (at
+  most ``IN_FLIGHT_MAX`` requests in flight per loader; a loader that falls behind
+  offers less, and that shows as ``offered_tx_per_s``). The
   submission time of a tx is taken just before its batch is sent. A tx refused as
   ``overloaded``/``mempool_full`` is not retried; its account's later txs are then
   skipped (``skipped_behind_rejected``), since they could only wait for that nonce.
@@ -80,6 +86,9 @@ POLL_INTERVAL_S = 0.005
 RETRY_DELAY_S = 0.05  # doubling per refusal of the same batch, up to RETRY_DELAY_MAX_S
 RETRY_DELAY_MAX_S = 0.8
 RETRY_CODES = frozenset({"overloaded", "mempool_full", "sender_queue_full"})
+ROUTING_PINNED = "pinned"  # each account's txs to one API: a client sticks to its node
+ROUTING_SPREAD = "spread"  # each batch to the next API, whatever accounts it holds
+ROUTINGS = (ROUTING_PINNED, ROUTING_SPREAD)
 NONCE_WINDOW = 64  # the mempool's nonce_gap_max: txs per account ahead of the chain
 START_DELAY_S = 0.5
 VALIDATORS_ALLOWED = (4, 7, 10, 16)
@@ -189,6 +198,7 @@ class LoaderSpec:
     duration_s: float  # how long to offer load (warm-up + measured window)
     batch_txs: int
     result_path: str
+    routing: str = ROUTING_PINNED
 
 
 @dataclass
@@ -212,6 +222,32 @@ def presign(spec: LoaderSpec) -> list[bytes]:
         for key, nonce in zip(keys, spec.start_nonces, strict=True)
     ]
     return [txs[k] for k in range(spec.txs_per_account) for txs in per_account]
+
+
+def get_api_of_tx(tx_index: int, accounts: int, apis: int) -> int:
+    """Pinned routing: the API (index into the loader's urls) of ``presign``'s tx
+    ``tx_index``, which belongs to account ``tx_index % accounts``."""
+    return (tx_index % accounts) % apis
+
+
+def plan_closed_loop_batches(count: int, accounts: int, apis: int, batch_txs: int,
+                             routing: str) -> list[tuple[int | None, list[int]]]:
+    """The closed loop's batches in sending order as (API index or None, tx indexes).
+
+    Spread: consecutive txs, the API left to the sender's turn. Pinned: each API's
+    txs in presign order (so each account's nonces stay in order), cut into batches,
+    and the APIs' batches interleaved so every API is busy from the start."""
+    assert routing in ROUTINGS and count >= 0 and accounts > 0 and apis > 0 and batch_txs > 0
+    if routing == ROUTING_SPREAD:
+        return [(None, list(range(start, min(start + batch_txs, count))))
+                for start in range(0, count, batch_txs)]
+    per_api: list[list[int]] = [[] for _ in range(apis)]
+    for k in range(count):
+        per_api[get_api_of_tx(k, accounts, apis)].append(k)
+    chunks = [[txs[s:s + batch_txs] for s in range(0, len(txs), batch_txs)] for txs in per_api]
+    return [(api, api_chunks[i])
+            for i in range(max(len(c) for c in chunks))
+            for api, api_chunks in enumerate(chunks) if i < len(api_chunks)]
 
 
 async def _post(session: aiohttp.ClientSession, url: str, batch: list[bytes],
@@ -248,13 +284,16 @@ async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t
                         result: LoaderResult) -> None:
     in_flight = asyncio.Semaphore(IN_FLIGHT_MAX)
     tasks: set[asyncio.Task[Any]] = set()
-    sent = 0
+    accounts, apis = len(spec.key_paths), len(spec.urls)
+    pinned = spec.routing == ROUTING_PINNED
+    # Due txs not yet sent: one queue per API when pinned, else one for all.
+    queues: list[list[int]] = [[] for _ in range(apis if pinned else 1)]
+    scheduled = 0
     turn = 0
     connector = aiohttp.TCPConnector(limit=IN_FLIGHT_MAX)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
 
-        accounts = len(spec.key_paths)
         blocked: set[int] = set()  # accounts with a tx refused: their later txs would strand
 
         async def send(batch: list[int], url: str) -> None:
@@ -268,39 +307,46 @@ async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t
                 in_flight.release()
 
         await asyncio.sleep(max(0.0, t0 - time.time()))
-        while sent < len(txs):
+        while scheduled < len(txs) or any(queues):
             now = time.time()
             if now - t0 > spec.duration_s:
                 break
             due = min(len(txs), int((now - t0) * spec.rate_per_s))
-            while sent < due and not in_flight.locked():
-                count = min(spec.batch_txs, due - sent)
+            for k in range(scheduled, due):
+                queues[get_api_of_tx(k, accounts, apis) if pinned else 0].append(k)
+            scheduled = max(scheduled, due)
+            queue = queues[turn % apis if pinned else 0]
+            while queue and not in_flight.locked():
+                count = min(spec.batch_txs, len(queue))
                 # A real client would resend the refused nonce first; this one, open
                 # loop, stops offering that account's txs (they count as skipped).
-                batch = [k for k in range(sent, sent + count) if k % accounts not in blocked]
+                batch = [k for k in queue[:count] if k % accounts not in blocked]
+                del queue[:count]
                 result.skipped += count - len(batch)
-                sent += count
                 if not batch:
                     continue
                 await in_flight.acquire()
                 stamp = time.time()
                 result.submitted.update((hashes[k], stamp) for k in batch)
-                url = spec.urls[turn % len(spec.urls)]
-                turn += 1
-                task = asyncio.create_task(send(batch, url))
+                task = asyncio.create_task(send(batch, spec.urls[turn % apis]))
+                if not pinned:
+                    turn += 1
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+            if pinned:
+                turn += 1
             await asyncio.sleep(SEND_INTERVAL_S)
         if tasks:
             await asyncio.gather(*tasks)
-    result.unsent = len(txs) - sent
+    result.unsent = len(txs) - scheduled + sum(len(q) for q in queues)
 
 
 async def run_closed_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t0: float,
                           result: LoaderResult) -> None:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for start in range(0, len(txs), spec.batch_txs):
-        queue.put_nowait(start)
+    queue: asyncio.Queue[tuple[int | None, list[int]]] = asyncio.Queue()
+    for item in plan_closed_loop_batches(len(txs), len(spec.key_paths), len(spec.urls),
+                                         spec.batch_txs, spec.routing):
+        queue.put_nowait(item)
     connector = aiohttp.TCPConnector(limit=CLOSED_LOOP_REQUESTS)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -309,12 +355,12 @@ async def run_closed_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str],
             turn = k
             while time.time() - t0 < spec.duration_s:
                 try:
-                    start = queue.get_nowait()
+                    api, indexes = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                batch = txs[start:start + spec.batch_txs]
-                batch_hashes = hashes[start:start + spec.batch_txs]
-                url = spec.urls[turn % len(spec.urls)]
+                batch = [txs[i] for i in indexes]
+                batch_hashes = [hashes[i] for i in indexes]
+                url = spec.urls[turn % len(spec.urls) if api is None else api]
                 turn += 1
                 delay_s = RETRY_DELAY_S
                 for _attempt in range(100):  # bounded: an overloaded node sheds, we retry
@@ -491,6 +537,7 @@ class StepConfig:
     loaders: int
     batch_txs: int
     closed_loop_txs: int
+    routing: str = ROUTING_PINNED
 
 
 async def get_start_nonces(client: AsyncClient, keys: list[KeyPair]) -> list[int]:
@@ -541,7 +588,7 @@ async def _run_step(homes: list[Path], key_paths: list[Path], step: StepConfig,
                 start_nonces=[nonces[k] for k in mine], txs_per_account=per_account,
                 rate_per_s=step.rate_per_s / step.loaders,
                 duration_s=step.warmup_s + step.duration_s, batch_txs=step.batch_txs,
-                result_path=str(workdir / f"loader-{i}.json"),
+                result_path=str(workdir / f"loader-{i}.json"), routing=step.routing,
             )
             specs.append(spec)
             process = context.Process(target=run_loader, args=(spec, ready, start))
@@ -793,6 +840,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds to wait after the load for accepted txs to commit")
     parser.add_argument("--accounts", type=int, default=1000, help="funded sender accounts")
     parser.add_argument("--loaders", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--routing", choices=ROUTINGS, default=ROUTING_PINNED,
+                        help="pinned: each account's txs to one API (a client sticks to its "
+                             "node); spread: each batch to the next API, so an account's "
+                             "nonces arrive at different validators")
     parser.add_argument("--batch", type=int, default=BATCH_TXS_DEFAULT,
                         help="txs per POST /v1/txs/batch (1..1000)")
     parser.add_argument("--ceiling-seconds", type=float, default=2.0,
@@ -880,11 +931,13 @@ def main(argv: list[str]) -> int:
             with open_localnet(n, args.accounts, directory, args.base_port, profile) as homes:
                 key_paths = sorted((directory / "accounts").glob("client-*.json"))
                 steps = [StepConfig(rate, args.warmup, args.duration, args.drain_timeout,
-                                    args.loaders, args.batch, args.closed_loop_txs)
+                                    args.loaders, args.batch, args.closed_loop_txs,
+                                    args.routing)
                          for rate in args.rates]
                 if args.closed_loop:
                     steps.append(StepConfig(0.0, args.warmup, args.duration, args.drain_timeout,
-                                            args.loaders, args.batch, args.closed_loop_txs))
+                                            args.loaders, args.batch, args.closed_loop_txs,
+                                            args.routing))
                 for step in steps:
                     workdir = root / f"n{n}-r{int(step.rate_per_s)}"
                     workdir.mkdir()

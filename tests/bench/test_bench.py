@@ -104,10 +104,12 @@ def test_round_spreads_deltas_over_blocks_and_includes_every_one(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_consensus_accounts_for_every_tx(tmp_path: Path,
+@pytest.mark.parametrize("routing", consensus.ROUTINGS)
+def test_consensus_accounts_for_every_tx(tmp_path: Path, routing: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = consensus.main(["--validators", "4", "--rate", "100", "--duration", "2",
+                           "--routing", routing, "--closed-loop", "--closed-loop-txs", "400",
                            "--base-port", str(find_free_port_block(8)),
                            "--warmup", "0.5", "--accounts", "20", "--ceiling-seconds", "0.2",
                            "--output", str(out), "--no-plots"])
@@ -117,12 +119,18 @@ def test_consensus_accounts_for_every_tx(tmp_path: Path,
     assert len(ceiling["measured_per_s"]) == 2 and min(ceiling["measured_per_s"]) > 0
     assert ceiling["verifications_per_s"] == pytest.approx(sum(ceiling["measured_per_s"]) / 2,
                                                            abs=0.1)
-    (run,) = report["runs"]
-    acc = run["accounting"]
-    assert acc["submitted"] > 0
-    assert acc["accepted"] == acc["committed"] + acc["stranded_behind_rejected"] + acc["missing"]
-    assert acc["missing"] == 0 and acc["unanswered"] == 0
-    assert acc["submitted"] == acc["accepted"] + acc["duplicate"] + sum(acc["rejected"].values())
+    run, closed = report["runs"]
+    assert (run["mode"], closed["mode"]) == ("open_loop", "closed_loop")
+    for acc in (run["accounting"], closed["accounting"]):
+        assert acc["submitted"] > 0
+        assert acc["accepted"] == (acc["committed"] + acc["stranded_behind_rejected"]
+                                   + acc["missing"])
+        assert acc["missing"] == 0 and acc["unanswered"] == 0
+        assert acc["submitted"] == (acc["accepted"] + acc["duplicate"]
+                                    + sum(acc["rejected"].values()))
+    # 20 txs per account, well inside the nonce window: the closed loop gets all 400 in
+    assert closed["accounting"]["committed"] == 400
+    assert closed["accounting"]["presigned_unsent"] == 0
     assert run["latency_s"]["samples"] > 0 and run["window_s"] > 0
     assert len(run["cpu_cores_per_validator"]) == 4
     assert run["fraction_of_ceiling"] == pytest.approx(
@@ -169,6 +177,30 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
     assert run["gc_collections_in_window"] == [4 * 3, 0, 0]
     # the last submission was at 102 s of a window ending at 110 s: the load ran out
     assert run["load_ended_s_before_window_end"] == 8.0
+
+
+@pytest.mark.parametrize("count,accounts,apis,batch", [(1000, 20, 4, 7), (96, 10, 16, 250),
+                                                       (50, 3, 7, 4), (0, 5, 4, 10)])
+def test_pinned_batches_keep_each_account_on_one_api_in_nonce_order(
+        count: int, accounts: int, apis: int, batch: int) -> None:
+    plan = consensus.plan_closed_loop_batches(count, accounts, apis, batch,
+                                              consensus.ROUTING_PINNED)
+    sent = [k for _, indexes in plan for k in indexes]
+    assert sorted(sent) == list(range(count))  # every tx once
+    api_of_account: dict[int, int] = {}
+    for api, indexes in plan:
+        assert api is not None and 0 < len(indexes) <= batch
+        for k in indexes:  # presign interleaves accounts: tx k is account k % accounts's
+            assert api_of_account.setdefault(k % accounts, api) == api
+    for account in range(min(accounts, count)):  # its nonces leave in order
+        mine = [k for k in sent if k % accounts == account]
+        assert mine == sorted(mine)
+    assert len(set(api_of_account.values())) == min(apis, accounts, count)
+
+
+def test_spread_batches_are_consecutive_and_leave_the_api_to_the_sender() -> None:
+    plan = consensus.plan_closed_loop_batches(10, 3, 4, 4, consensus.ROUTING_SPREAD)
+    assert plan == [(None, [0, 1, 2, 3]), (None, [4, 5, 6, 7]), (None, [8, 9])]
 
 
 def test_closed_loop_presigns_enough_txs_for_its_window() -> None:
