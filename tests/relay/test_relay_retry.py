@@ -82,13 +82,32 @@ def test_a_senders_lowest_pending_tx_drives_the_retry_of_the_run_after_it() -> N
     assert pool.take_relay_batch(10, 10**6, 0) == txs[:3]
     assert pool.admit(txs[3], state, 500, SOURCE_LOCAL).ok
     assert pool.take_relay_batch(10, 10**6, 500) == txs[3:]
-    # The lowest is due at 1 s: it goes with its run (a peer may have refused them all),
-    # each once, in nonce order, although txs[3]'s own backoff is not over yet.
-    assert pool.take_relay_batch(10, 10**6, 1_000) == txs
+    # The lowest is due at 1 s: it goes with the run relayed in its batch (a peer may have
+    # lost or refused them all), each once, in nonce order. txs[3] was relayed later on its
+    # own: it waits for its own backoff, and behind a pending lowest, for that one.
+    assert pool.take_relay_batch(10, 10**6, 1_000) == txs[:3]
+    assert pool.take_relay_batch(10, 10**6, 1_500) == []  # txs[3] is due but not the lowest
     assert pool.take_relay_batch(10, 10**6, 2_500) == []  # backoff doubled: due at 3 s
     pool.update(state, [get_tx_hash(txs[0])])  # it committed: txs[1] is the lowest now
-    assert pool.take_relay_batch(10, 10**6, 3_000) == txs[1:]
+    assert pool.take_relay_batch(10, 10**6, 3_000) == txs[1:3]
     assert pool.take_relay_batch(10, 10**6, 3_000) == []  # no stale item sends one twice
+    pool.update(state, [get_tx_hash(tx) for tx in txs[1:3]])
+    assert pool.take_relay_batch(10, 10**6, 3_500) == txs[3:]  # the lowest now, and due
+
+
+def test_under_a_backlog_only_the_lowest_and_its_batch_mates_are_resent() -> None:
+    # A client far ahead of a slow chain: one tx per relay batch, each still pending when
+    # the lowest's backoff ends. Resending the whole run each time multiplied relay traffic.
+    cluster = Cluster()
+    state = get_genesis_state(cluster.genesis)
+    pool = make_pool(cluster)
+    txs = [transfer(0, n) for n in range(10)]
+    for k, tx in enumerate(txs):
+        assert pool.admit(tx, state, 100 * k, SOURCE_LOCAL).ok
+        assert pool.take_relay_batch(10, 10**6, 100 * k) == [tx]
+    assert pool.take_relay_batch(100, 10**6, 1_000) == txs[:1]  # not the 9 behind it
+    retried = pool.get_metrics()["mempool_relay_retries"]
+    assert retried == 1
 
 
 def test_a_duplicate_is_answered_from_its_hash_without_decoding_or_verifying(
