@@ -5,7 +5,12 @@ addresses are rewritten to its namespace address), start every validator (Byzant
 with ``--byzantine MODE`` and ``BCFL_TEST_BYZANTINE=1``, broken ones with
 ``BCFL_TEST_SKIP_PERSIST=1``), wait for block 1, then run a steady trickle of transfers
 (one outstanding transfer per client account, re-offered to another node until it is
-reported committed) while a timeline thread applies and undoes the perturbations.
+reported committed) while a timeline thread applies and undoes the perturbations. A
+restarted node's startup (imports, loading its store: about a second on an idle machine,
+several under CPU contention) is not part of the scenario: the timeline holds until the
+node answers its API and shifts every later fault by the wait, so a fault timed relative
+to a restart (the broken build's deafness, which must outlast its re-proposal) means the
+same on a loaded machine.
 
 Checks, black box, after the run (each failure is a violation in the report):
 - agreement: every honest validator reports the same block hash at every common height;
@@ -67,6 +72,7 @@ ACCOUNTS = 8
 API_TIMEOUT_S = 3.0
 CONVERGE_TIMEOUT_S = 30.0
 EVIDENCE_WAIT_S = 15.0
+RESTART_WAIT_MAX_S = 30.0
 EVIDENCE_RE = re.compile(r"evidence of equivocation by validator (\d+)")
 EQUIVOCATING_MODES = ("equivocate", "double_vote")
 # Fast timers so a scenario fits in seconds: 50 ms ticks, a view change after 1.5 s.
@@ -294,8 +300,9 @@ class Timeline:
         for k, p in enumerate(perturbations):
             events.append((p.at_s, k, p, True))
             events.append((p.at_s + p.duration_s, k, p, False))
+        shift_s = 0.0  # time held for restarted nodes: later faults move by it
         for at_s, _, p, apply in sorted(events, key=lambda e: (e[0], not e[3])):
-            delay = self.t0 + at_s - time.monotonic()
+            delay = self.t0 + shift_s + at_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             try:
@@ -304,6 +311,26 @@ class Timeline:
                 self.errors.append(f"{p.describe()}: {exc!r}")
             self.log.append(f"{time.monotonic() - self.t0:6.2f}s {'apply' if apply else 'heal '} "
                             f"{p.describe()}")
+            if not apply and p.kind in (KIND_KILL, KIND_WIPE):
+                held_s = self._wait_for_restart(p.nodes)
+                shift_s += held_s
+                self.log.append(f"{time.monotonic() - self.t0:6.2f}s held {held_s:.2f}s "
+                                f"until {list(p.nodes)} answered")
+
+    def _wait_for_restart(self, nodes: tuple[int, ...]) -> float:
+        """Wait (bounded) until every restarted node answers its API; the seconds waited."""
+        started = time.monotonic()
+
+        def answer() -> bool:
+            for i in nodes:
+                if self.cluster.is_alive(i):
+                    self.cluster.height(i)  # raises ClientError until the API is up
+            return True
+
+        if not wait_until(answer, RESTART_WAIT_MAX_S):
+            self.errors.append(f"restarted {list(nodes)} did not answer within "
+                               f"{RESTART_WAIT_MAX_S:.0f} s")
+        return time.monotonic() - started
 
     def _apply(self, p: Perturbation) -> None:
         c, nodes = self.cluster, list(p.nodes)

@@ -10,15 +10,23 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from node.byzantine import ENV_BYZANTINE, read_fault_file, write_fault_file
+from node.client import ClientError
 from node.commands.e2e import get_broken_build_manifest, get_suite, make_hosts
 from node.e2e.hosts import NamespaceHosts
-from node.e2e.manifest import Manifest, ManifestError, generate_manifest, parse_manifest
-from node.e2e.runner import Result, run_scenario
+from node.e2e.manifest import (
+    Manifest,
+    ManifestError,
+    Perturbation,
+    generate_manifest,
+    parse_manifest,
+)
+from node.e2e.runner import Result, Timeline, run_scenario
 from tests.ports import find_free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +121,49 @@ def test_byzantine_flag_is_refused_without_the_test_env(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert "byzantine" not in helped.stdout
 
+
+
+class _SlowStartingCluster:
+    """Stands in for the runner's Cluster: a restarted node answers its API only after
+    a few polls, as a node loading its store on a busy machine does. Records events."""
+
+    def __init__(self, polls_before_answer: int) -> None:
+        self.stopped: set[int] = set()
+        self.events: list[str] = []
+        self.polls_before_answer = polls_before_answer
+        self.polls = 0
+
+    def signal(self, i: int, sig: object) -> None:
+        self.events.append(f"kill {i}")
+
+    def start(self, i: int) -> None:
+        self.events.append(f"start {i}")
+        self.polls = 0
+
+    def is_alive(self, i: int) -> bool:
+        return True
+
+    def height(self, i: int) -> int:
+        self.polls += 1
+        if self.polls <= self.polls_before_answer:
+            raise ClientError(None, "unreachable", "starting")
+        self.events.append(f"answered {i}")
+        return 0
+
+
+class _RecordingHosts:
+    def __init__(self, cluster: _SlowStartingCluster) -> None:
+        self.cluster = cluster
+
+    def set_deaf(self, i: int, deaf: bool) -> None:
+        self.cluster.events.append(f"{'deaf' if deaf else 'hears'} {i}")
+
+
+def test_a_restart_holds_the_timeline_until_the_node_answers() -> None:
+    # Deaf for 0.05 s around a restart that takes three API polls: without the hold the
+    # deafness would heal before the node was up (the broken build's CI flake).
+    cluster = _SlowStartingCluster(polls_before_answer=3)
+    timeline = Timeline(cluster, _RecordingHosts(cluster), time.monotonic())  # type: ignore[arg-type]
+    timeline.run((Perturbation(0.0, "deafen", (0,), 0.05), Perturbation(0.0, "kill", (0,), 0.01)))
+    assert cluster.events == ["deaf 0", "kill 0", "start 0", "answered 0", "hears 0"]
+    assert timeline.errors == [] and any("held" in line for line in timeline.log)
