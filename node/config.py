@@ -56,6 +56,11 @@ class ConsensusConfig:
     checkpoint_interval: int = field(default=16, metadata=_range(1, 100_000))
 
 
+RELAY_PRIMARY = "primary"
+RELAY_ALL = "all"
+RELAY_MODES = (RELAY_PRIMARY, RELAY_ALL)
+
+
 @dataclass(frozen=True)
 class MempoolConfig:
     # Clients' txs may fill half (node/mempool.py LOCAL_FILL_PERCENT): two full blocks of
@@ -65,6 +70,15 @@ class MempoolConfig:
     size_max_bytes: int = field(default=256 * MIB, metadata=_range(KIB, 64 * 1024 * MIB))
     # A local tx still pending this long after its relay is relayed again (backing off).
     relay_retry_ms: int = field(default=1_000, metadata=_range(10, 600_000))
+    # Where clients' txs are relayed: "primary" (the current view's primary, the one that
+    # proposes them; after a view change they go again to the new one) or "all" (every
+    # other validator, which then checks their signatures before the block arrives).
+    relay: str = "primary"
+
+    def __post_init__(self) -> None:
+        if self.relay not in RELAY_MODES:
+            raise ConfigError(f"mempool.relay: {self.relay!r} is not one of "
+                              f"{', '.join(RELAY_MODES)}")
 
 
 @dataclass(frozen=True)

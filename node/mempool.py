@@ -154,6 +154,7 @@ class MempoolMetrics:
     admitted: int = 0
     duplicates: int = 0
     relay_retries: int = 0
+    relay_requeued: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     evicted: dict[str, int] = field(default_factory=dict)
 
@@ -210,6 +211,7 @@ class Mempool:
             "mempool_relay_queue": len(self._relay),
             "mempool_relay_retry_queue": len(self._retry),
             "mempool_relay_retries": self.metrics.relay_retries,
+            "mempool_relay_requeued": self.metrics.relay_requeued,
             "mempool_commit_latency_ms": int(self.commit_latency_ms),
         }
         for reason, count in sorted(self.metrics.rejected.items()):
@@ -567,6 +569,20 @@ class Mempool:
                 entry = queue.get(nonce)
         self.metrics.relay_retries += retried
         return out
+
+    def requeue_relayed(self) -> int:
+        """Queue every pending local tx that was relayed before to be relayed again, in
+        admission order, and return how many: a node that relays to the primary only sent
+        them to the old view's primary, and the new one proposes now. Bounded by the pool."""
+        queued = set(self._relay)  # two view changes before the queue drains: once each
+        count = 0
+        for entry in self._by_hash.values():
+            if entry.relay_attempts > 0 and entry.tx_hash not in queued:  # local, relayed
+                self._relay.append(entry.tx_hash)
+                count += 1
+        assert len(self._relay) <= len(queued) + len(self._by_hash)
+        self.metrics.relay_requeued += count
+        return count
 
     def _observe_commit_latency(self, latency_ms: int) -> None:
         """An exponentially weighted mean (1/16 per sample) of local txs' commit times."""

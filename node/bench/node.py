@@ -166,9 +166,10 @@ def run_one(n: int, txs: list[bytes], genesis: Genesis, validator_keys: list[Key
             router.deliver_all(drivers)
             now[0] += tick_s
             for index, driver in enumerate(drivers):
-                frame = driver.take_relay_frame()
-                if frame is not None:
-                    networks[index].broadcast(frame, TrafficClass.TRANSACTIONS)
+                relay = driver.take_relay_frame()
+                if relay is not None:
+                    for peer in relay[1]:
+                        networks[index].send(peer, relay[0], TrafficClass.TRANSACTIONS)
                 driver.tick()
             steps += 1
         cpu_s = time.process_time() - cpu_start

@@ -97,8 +97,10 @@ def test_genesis_file_errors(tmp_path: Path) -> None:
 
 
 def test_config_roundtrip_and_defaults(tmp_path: Path) -> None:
-    config = parse_config({"moniker": "n1", "consensus": {"tick_ms": 25}, "api": {}})
+    config = parse_config({"moniker": "n1", "consensus": {"tick_ms": 25}, "api": {},
+                           "mempool": {"relay": "all"}})
     assert config.consensus.tick_ms == 25 and config.api.listen_host == "127.0.0.1"
+    assert config.mempool.relay == "all" and Config().mempool.relay == "primary"
     path = tmp_path / "config.toml"
     save_config(path, config)
     assert load_config(path) == config
@@ -119,6 +121,8 @@ BAD_CONFIG = [
     ({"api": 5}, r"api: expected a table"),
     ({"moniker": 5}, r"moniker: expected a non-empty string"),
     ({"mempol": {}}, r"mempol: unknown key"),
+    ({"mempool": {"relay": "everyone"}}, r"mempool.relay: 'everyone' is not one of primary, all"),
+    ({"mempool": {"relay": 1}}, r"mempool.relay"),
     ({"consensus": {"window": 4, "checkpoint_interval": 8}}, r"consensus.checkpoint_interval"),
 ]
 

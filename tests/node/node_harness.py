@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from node.client import make_transfer
-from node.config import BlockConfig, Config, ConsensusConfig
+from node.config import RELAY_PRIMARY, BlockConfig, Config, ConsensusConfig, MempoolConfig
 from node.genesis import Genesis, Member, ValidatorInfo
 from node.keys import KeyPair
 from node.node import Driver
@@ -41,13 +41,14 @@ def make_genesis(n: int = 4) -> Genesis:
     )
 
 
-def make_config() -> Config:
+def make_config(relay: str = RELAY_PRIMARY) -> Config:
     return dataclasses.replace(
         Config(),
         consensus=ConsensusConfig(tick_ms=TICK_MS, propose_timeout_ticks=4,
                                   view_change_timeout_ticks=24, window=16,
                                   checkpoint_interval=4),
         block=BlockConfig(txs_max=100, build_interval_ms=TICK_MS),
+        mempool=MempoolConfig(relay=relay),
     )
 
 
@@ -85,9 +86,9 @@ class FakeNetwork:
 
 
 class Cluster:
-    def __init__(self, n: int = 4) -> None:
+    def __init__(self, n: int = 4, relay: str = RELAY_PRIMARY) -> None:
         self.genesis = make_genesis(n)
-        self.config = make_config()
+        self.config = make_config(relay)
         self.now = 100.0
         self.queue: deque[tuple[int, int, bytes, TrafficClass]] = deque()
         self.stores = [MemoryStore() for _ in range(n)]
@@ -125,9 +126,10 @@ class Cluster:
         self.now += TICK_MS / 1000
         for i, driver in enumerate(self.drivers):
             if i not in self.down:
-                frame = driver.take_relay_frame()
-                if frame is not None:
-                    self.networks[i].broadcast(frame, TrafficClass.TRANSACTIONS)
+                relay = driver.take_relay_frame()
+                if relay is not None:
+                    for peer in relay[1]:
+                        self.networks[i].send(peer, relay[0], TrafficClass.TRANSACTIONS)
                 driver.tick()
 
     def run_until(self, predicate: Callable[[], bool], steps_max: int = STEPS_MAX) -> None:

@@ -7,6 +7,7 @@ from node_harness import Cluster, transfer
 
 from node import mempool as mempool_module
 from node.codec import get_tx_hash
+from node.config import RELAY_ALL, RELAY_PRIMARY
 from node.ledger import get_genesis_state
 from node.mempool import (
     KIND_TX_BATCH,
@@ -128,8 +129,10 @@ def test_a_duplicate_is_answered_from_its_hash_without_decoding_or_verifying(
     assert result.duplicate and result.tx_hash == get_tx_hash(tx)
 
 
-def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits() -> None:
-    cluster = Cluster()
+@pytest.mark.parametrize("relay,frames_per_batch", [(RELAY_PRIMARY, 1), (RELAY_ALL, 3)])
+def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits(
+        relay: str, frames_per_batch: int) -> None:
+    cluster = Cluster(relay=relay)
     origin = 2  # not the primary of view 0, so only a relay gets its txs into a block
     assert cluster.drivers[0].replica.get_proposal_slot() is not None
     relayed: list[list[bytes]] = []
@@ -140,7 +143,7 @@ def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits() -> No
         if sender != origin or frame[0] != KIND_TX_BATCH:
             return True
         relayed.append(decode_tx_batch(frame))
-        if lost < 3:  # the first batch, to each of the 3 peers
+        if lost < frames_per_batch:  # the first batch: to the primary, or to every peer
             lost += 1
             return False
         return True
@@ -160,9 +163,10 @@ def test_a_tx_whose_relay_batch_was_lost_reaches_the_primary_and_commits() -> No
 
     # Relay retry after 1 s = 20 steps of 50 ms; well before any TTL or view change.
     cluster.run_until(is_committed_everywhere, steps_max=200)
-    assert lost == 3
-    assert relayed[0] == txs
-    assert relayed[3] == txs  # the retry: the gap, then the run after it, in order
+    assert lost == frames_per_batch
+    assert relayed[:frames_per_batch] == [txs] * frames_per_batch
+    # the retry: the gap, then the run relayed with it, in order
+    assert relayed[frames_per_batch] == txs
     retries = cluster.drivers[origin].mempool.get_metrics()["mempool_relay_retries"]
     assert retries >= 3
     batches = len(relayed)
@@ -189,3 +193,79 @@ def test_a_slow_chain_stretches_the_retry_to_twice_the_commit_latency() -> None:
     assert pool.take_relay_batch(10, 10**6, 3_000) == []  # not at 2 s: the chain is slow
     assert pool.take_relay_batch(10, 10**6, 1_000 + 2 * latency_ms - 10) == []
     assert pool.take_relay_batch(10, 10**6, 1_000 + 2 * latency_ms + 10) == [waiting]
+
+
+def record_tx_batches(cluster: Cluster) -> list[tuple[int, int, list[bytes]]]:
+    """(from, to, txs) of every relay batch the cluster delivers or loses, in order."""
+    batches: list[tuple[int, int, list[bytes]]] = []
+
+    def record(sender: int, to: int, frame: bytes) -> bool:
+        if frame[0] == KIND_TX_BATCH:
+            batches.append((sender, to, decode_tx_batch(frame)))
+        return True
+
+    cluster.filter = record
+    return batches
+
+
+def test_a_backup_relays_to_the_primary_only_and_the_others_check_the_block() -> None:
+    cluster = Cluster()  # relay = "primary", the default
+    batches = record_tx_batches(cluster)
+    tx = transfer(0, 0)
+    assert cluster.drivers[2].submit_tx(tx).status == "accepted"
+    tx_hash = get_tx_hash(tx)
+    cluster.run_until(lambda: all(
+        (status := d.get_tx(tx_hash)) is not None and status.status == "committed"
+        for d in cluster.drivers))
+    assert [(sender, to) for sender, to, _ in batches] == [(2, 0)]
+    assert cluster.drivers[1].mempool.get_metrics()["mempool_admitted"] == 0
+    assert cluster.drivers[3].mempool.get_metrics()["mempool_admitted"] == 0
+
+
+def test_the_primary_relays_its_own_clients_txs_to_no_one() -> None:
+    cluster = Cluster()
+    batches = record_tx_batches(cluster)
+    assert cluster.drivers[0].submit_tx(transfer(0, 0)).status == "accepted"
+    for _ in range(40):
+        cluster.step()
+    assert batches == []
+
+
+def test_with_relay_all_every_backup_admits_the_tx_before_the_block() -> None:
+    cluster = Cluster(relay=RELAY_ALL)
+    batches = record_tx_batches(cluster)
+    assert cluster.drivers[2].submit_tx(transfer(0, 0)).status == "accepted"
+    cluster.step()  # relayed
+    cluster.step()  # delivered
+    assert sorted(to for _, to, _ in batches) == [0, 1, 3]
+    assert all(cluster.drivers[i].mempool.get_metrics()["mempool_admitted"] == 1
+               for i in (0, 1, 3))
+
+
+def test_after_a_view_change_pending_txs_go_to_the_new_primary() -> None:
+    cluster = Cluster()
+    cluster.down.add(0)  # the primary of view 0 crashes: what 2 relays to it is lost
+    batches = record_tx_batches(cluster)
+    txs = [transfer(0, n) for n in range(3)]
+    for tx in txs:
+        assert cluster.drivers[2].submit_tx(tx).status == "accepted"
+    hashes = [get_tx_hash(tx) for tx in txs]
+
+    def is_committed() -> bool:
+        return all((status := cluster.drivers[i].get_tx(h)) is not None
+                   and status.status == "committed" for i in (1, 2, 3) for h in hashes)
+
+    view_step = batch_step = -1
+    for step in range(1, 401):
+        cluster.step()
+        if view_step < 0 and cluster.drivers[2].replica.view >= 1:
+            view_step = step
+        if batch_step < 0 and batches:
+            batch_step = step
+        if is_committed():
+            break
+    assert is_committed() and view_step > 0
+    assert cluster.drivers[2].mempool.get_metrics()["mempool_relay_requeued"] >= 3
+    # Requeued at the view change (a tick), relayed the next step and delivered the one
+    # after, not at a later retry.
+    assert batches[0] == (2, 1, txs) and batch_step - view_step <= 2
