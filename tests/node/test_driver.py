@@ -483,7 +483,7 @@ def test_relay_interval_keeps_relay_frames_received_per_second_flat_in_n() -> No
 
 
 def test_partial_block_txs_min_grows_with_n_within_the_block_bound() -> None:
-    assert [get_partial_block_txs_min(n, 5_000) for n in (4, 7, 10, 16)] == [100, 175, 250, 400]
+    assert [get_partial_block_txs_min(n, 5_000) for n in (4, 7, 10, 16)] == [400, 700, 1000, 1600]
     assert get_partial_block_txs_min(16, 100) == 50  # never more than half a full block
     assert get_partial_block_txs_min(4, 1) == 1
 
