@@ -114,9 +114,13 @@ class MempoolConfig:
     # pool holds at least backlog_floor_txs: see Mempool._is_backlogged.
     backlog_latency_max_ms: int = 5_000
     backlog_floor_txs: int = 2_000
+    # How many validators' clients share the local part of the bounds (see _is_full): 1
+    # when every pool sees every tx (relay to all), n - 1 when txs go to the primary only.
+    local_fill_shares: int = 1
 
     def __post_init__(self) -> None:
         assert self.tx_count_max > 0 and self.size_max_bytes > 0
+        assert self.local_fill_shares >= 1
         assert self.nonce_gap_max >= 0 and self.ttl_ms > 0
         assert 0 < self.relay_retry_ms <= self.relay_retry_max_ms
         assert self.relay_retry_txs_max >= 0
@@ -145,6 +149,7 @@ class _Entry:
     cost: int
     admitted_ms: int
     seq: int  # admission order: decides sender order in reap
+    local: bool = False  # from this node's clients
     relay_attempts: int = 0  # local txs: how many times relayed so far
     retry_due_ms: int = -1  # local txs: when the live retry item is due (others are stale)
 
@@ -184,6 +189,8 @@ class Mempool:
         # when popped and purged when they outnumber the pool (see _schedule_retry).
         self._retry: list[tuple[int, int, bytes]] = []
         self._size_bytes = 0
+        self._local_txs = 0  # local entries and their bytes (see _is_full)
+        self._local_bytes = 0
         self._seq = 0
         self.commit_latency_ms = 0.0  # see _observe_commit_latency
 
@@ -208,6 +215,7 @@ class Mempool:
             "mempool_bytes": self._size_bytes,
             "mempool_admitted": self.metrics.admitted,
             "mempool_duplicates": self.metrics.duplicates,
+            "mempool_local_txs": self._local_txs,
             "mempool_relay_queue": len(self._relay),
             "mempool_relay_retry_queue": len(self._retry),
             "mempool_relay_retries": self.metrics.relay_retries,
@@ -291,7 +299,8 @@ class Mempool:
             body_error = self._check_body(tx, state)
             if body_error is not None:
                 return self._reject(body_error.reason, body_error.message)
-        self._insert(_Entry(tx, tx_bytes, tx_hash, cost, now_ms, self._seq))
+        self._insert(_Entry(tx, tx_bytes, tx_hash, cost, now_ms, self._seq,
+                            local=source == SOURCE_LOCAL))
         self._seq += 1
         if source == SOURCE_LOCAL:
             self._relay.append(tx_hash)
@@ -322,13 +331,26 @@ class Mempool:
         """Local clients get LOCAL_FILL_PERCENT of the bounds; the rest is headroom for txs
         relayed by peers (each origin admits up to the mark before it sees the others'
         in-flight txs), since refusing those leaves nonce gaps that stall their senders
-        until the origin's relay retry, while a refused client simply retries (503)."""
+        until the origin's relay retry, while a refused client simply retries (503).
+
+        With ``local_fill_shares`` > 1 (txs relayed to the primary only) a backup's pool
+        holds its own clients' txs alone, so a mark on the whole pool let every backup fill
+        its half and the primary's pool overflow many times over: relays refused, gaps,
+        retries backing off to 16 s (sixth session). Each node's clients then get their
+        share of the mark, counted alone, so all of them together fit in the primary's."""
         count_max = self.config.tx_count_max
         bytes_max = self.config.size_max_bytes
-        if source == SOURCE_LOCAL:
-            count_max = max(1, count_max * LOCAL_FILL_PERCENT // 100)
-            bytes_max = max(1, bytes_max * LOCAL_FILL_PERCENT // 100)
-        return len(self._by_hash) >= count_max or self._size_bytes + size_bytes > bytes_max
+        if len(self._by_hash) >= count_max or self._size_bytes + size_bytes > bytes_max:
+            return True
+        if source != SOURCE_LOCAL:
+            return False
+        count_max = max(1, count_max * LOCAL_FILL_PERCENT // 100)
+        bytes_max = max(1, bytes_max * LOCAL_FILL_PERCENT // 100)
+        shares = self.config.local_fill_shares
+        if shares == 1:
+            return len(self._by_hash) >= count_max or self._size_bytes + size_bytes > bytes_max
+        return (self._local_txs >= max(1, count_max // shares)
+                or self._local_bytes + size_bytes > max(1, bytes_max // shares))
 
     def _is_backlogged(self) -> bool:
         """Refuse clients before the signature check once the chain is seconds behind.
@@ -366,6 +388,9 @@ class Mempool:
         self._by_sender.setdefault(sender, {})[entry.tx.nonce] = entry
         self._reserved[sender] = self._reserved.get(sender, 0) + entry.cost
         self._size_bytes += len(entry.tx_bytes)
+        if entry.local:
+            self._local_txs += 1
+            self._local_bytes += len(entry.tx_bytes)
 
     def _remove(self, entry: _Entry, reason: str) -> None:
         sender = entry.tx.sender
@@ -382,6 +407,10 @@ class Mempool:
             self._reserved[sender] = reserved
         self._size_bytes -= len(entry.tx_bytes)
         assert self._size_bytes >= 0
+        if entry.local:
+            self._local_txs -= 1
+            self._local_bytes -= len(entry.tx_bytes)
+            assert self._local_txs >= 0 and self._local_bytes >= 0
         self.metrics.evicted[reason] = self.metrics.evicted.get(reason, 0) + 1
 
     # --- eviction ----------------------------------------------------------------

@@ -178,7 +178,8 @@ DROP_REASONS_MAX = 64
 PROPOSALS_PER_EVENT_MAX = 8
 MEMPOOL_METRICS_EXPORTED_ELSEWHERE = frozenset({"mempool_size", "mempool_bytes"})
 MEMPOOL_GAUGES = frozenset(
-    {"mempool_relay_queue", "mempool_relay_retry_queue", "mempool_commit_latency_ms"}
+    {"mempool_relay_queue", "mempool_relay_retry_queue", "mempool_commit_latency_ms",
+     "mempool_local_txs"}
 )
 # Proposed, not delivered; full blocks are not held back. Sweeps of n = 4..16 on 2 cores
 # (docs/benchmarks.md): 2 kept n = 7 at 1,500-1,700 tx/s under overload, where 4 let it
@@ -312,8 +313,9 @@ def get_partial_block_txs_min(n: int, block_txs_max: int) -> int:
 
 def get_relay_interval_s(n: int) -> float:
     """How long the relay loop lets local txs gather between batches: 20 ms for 4
-    validators, longer in proportion to the n - 1 peers that each receive every batch,
-    so a node receives about as many relay frames per second at any n.
+    validators, longer in proportion to the n - 1 validators that relay, so the primary
+    (with ``mempool.relay = "all"``, every node) receives about as many relay frames per
+    second at any n.
 
     Every frame costs its receiver a Noise message, Yamux parsing and a trio wake-up
     (py-libp2p: ~0.3 ms of CPU each at n = 16 here). An open-loop client sends small
@@ -390,6 +392,8 @@ class Driver:
                 size_max_bytes=config.mempool.size_max_bytes,
                 relay_retry_ms=config.mempool.relay_retry_ms,
                 relay_retry_max_ms=max(16 * config.mempool.relay_retry_ms, 16_000),
+                local_fill_shares=(1 if config.mempool.relay == RELAY_ALL
+                                   else max(1, len(genesis.validators) - 1)),
             ),
             validator_count=len(genesis.validators),
         )

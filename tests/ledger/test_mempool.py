@@ -211,8 +211,33 @@ def test_each_tx_is_verified_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(calls) == 2
 
 
+def test_with_shares_each_nodes_clients_fill_their_share_counted_alone() -> None:
+    # Relay to the primary: a backup's pool holds its own clients' txs, so they are
+    # counted alone against half the bounds / shares (here 4 // 2 = 2 of 8).
+    pool = make_pool(tx_count_max=8, local_fill_shares=2)
+    for nonce in range(3):
+        assert pool.admit(make_transfer(0, nonce, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok  # peers' 3: no
+    assert pool.admit(make_transfer(1, 1, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(1, 2, 1, 1), STATE, 0, SOURCE_LOCAL).reason == "full"
+    assert pool.get_metrics()["mempool_local_txs"] == 2
+    pool.update(STATE, [get_tx_hash(make_transfer(1, 0, 1, 1))])  # one leaves: room again
+    assert pool.admit(make_transfer(1, 2, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    for nonce in range(3):  # the whole pool's bound holds for everyone
+        assert pool.admit(make_transfer(2, nonce, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert len(pool) == 8
+    assert pool.admit(make_transfer(3, 0, 1, 1), STATE, 0, SOURCE_PEER).reason == "full"
+    tx = make_transfer(0, 0, 1, 1)
+    pool = make_pool(size_max_bytes=len(tx) * 8 + 10, local_fill_shares=2)  # bytes: 2 too
+    for nonce in range(2):
+        assert pool.admit(make_transfer(0, nonce, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.admit(make_transfer(0, 2, 1, 1), STATE, 0, SOURCE_LOCAL).reason == "full"
+    assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
+
+
 def test_random_traffic_keeps_the_pool_consistent() -> None:
     rng = random.Random(7)
+    sources = random.Random(8)  # its own stream: the traffic below stays what it was
     pool = make_pool(tx_count_max=40, nonce_gap_max=4, ttl_ms=50)
     # Two more pools hold other txs of the same senders, which ``pool``'s blocks make
     # stale: updated with the block's changed keys, one must evict exactly what the
@@ -224,7 +249,8 @@ def test_random_traffic_keeps_the_pool_consistent() -> None:
         sender = rng.randrange(4)
         nonce = rng.randrange(6)
         tx = make_transfer(sender, nonce, rng.randrange(5), rng.randrange(60))
-        pool.admit(tx if rng.random() > 0.05 else os.urandom(20), state, step, SOURCE_LOCAL)
+        source = SOURCE_LOCAL if sources.random() < 0.7 else SOURCE_PEER
+        pool.admit(tx if rng.random() > 0.05 else os.urandom(20), state, step, source)
         other = make_transfer(sender, nonce + rng.randrange(2), 4, rng.randrange(60))
         for twin in (by_keys, by_pass):
             twin.admit(other, state, step, SOURCE_LOCAL)
@@ -247,6 +273,8 @@ def test_random_traffic_keeps_the_pool_consistent() -> None:
             assert by_keys._by_hash.keys() == by_pass._by_hash.keys()
         assert len(pool) <= 40
         assert pool.size_bytes == sum(len(e.tx_bytes) for e in pool._by_hash.values())
+        assert pool.get_metrics()["mempool_local_txs"] == sum(
+            e.local for e in pool._by_hash.values())
     assert by_keys.get_metrics()["mempool_evicted_stale_nonce"] > 10
 
 

@@ -426,7 +426,7 @@ def test_a_client_tx_without_room_is_refused_before_any_per_tx_work(
 ) -> None:
     cluster = Cluster()
     cluster.config = dataclasses.replace(
-        cluster.config, mempool=dataclasses.replace(cluster.config.mempool, txs_max=4)
+        cluster.config, mempool=dataclasses.replace(cluster.config.mempool, txs_max=12)
     )
     driver = cluster.restart(0)
 
@@ -435,7 +435,8 @@ def test_a_client_tx_without_room_is_refused_before_any_per_tx_work(
 
     # Only a tx whose nonce is already used can be a committed one: no store lookup.
     monkeypatch.setattr(driver.chain, "get_tx_location", must_not_run)
-    pending = [transfer(0, nonce) for nonce in range(2)]  # the local half of 4
+    # Relay to the primary: this node's clients get 1 of 3 shares of the local half of 12.
+    pending = [transfer(0, nonce) for nonce in range(2)]
     assert [driver.submit_tx(tx).status for tx in pending] == ["accepted", "accepted"]
     monkeypatch.setattr(mempool_module, "decode_tx", must_not_run)
     refused = driver.submit_tx(transfer(0, 2))
