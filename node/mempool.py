@@ -344,13 +344,13 @@ class Mempool:
             return True
         if source != SOURCE_LOCAL:
             return False
-        count_max = max(1, count_max * LOCAL_FILL_PERCENT // 100)
-        bytes_max = max(1, bytes_max * LOCAL_FILL_PERCENT // 100)
         shares = self.config.local_fill_shares
-        if shares == 1:
-            return len(self._by_hash) >= count_max or self._size_bytes + size_bytes > bytes_max
-        return (self._local_txs >= max(1, count_max // shares)
-                or self._local_bytes + size_bytes > max(1, bytes_max // shares))
+        # One share: every pool sees every tx, so the whole pool is what clients filled.
+        txs, used_bytes = ((len(self._by_hash), self._size_bytes) if shares == 1
+                           else (self._local_txs, self._local_bytes))
+        fill = LOCAL_FILL_PERCENT
+        return (txs >= max(1, count_max * fill // 100 // shares)
+                or used_bytes + size_bytes > max(1, bytes_max * fill // 100 // shares))
 
     def _is_backlogged(self) -> bool:
         """Refuse clients before the signature check once the chain is seconds behind.

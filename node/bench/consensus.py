@@ -63,7 +63,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +315,9 @@ async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t
             for k in range(scheduled, due):
                 queues[get_api_of_tx(k, accounts, apis) if pinned else 0].append(k)
             scheduled = max(scheduled, due)
-            queue = queues[turn % apis if pinned else 0]
+            api = turn % apis  # one API per interval, in turn
+            turn += 1
+            queue = queues[api if pinned else 0]
             while queue and not in_flight.locked():
                 count = min(spec.batch_txs, len(queue))
                 # A real client would resend the refused nonce first; this one, open
@@ -328,13 +330,9 @@ async def run_open_loop(spec: LoaderSpec, txs: list[bytes], hashes: list[str], t
                 await in_flight.acquire()
                 stamp = time.time()
                 result.submitted.update((hashes[k], stamp) for k in batch)
-                task = asyncio.create_task(send(batch, spec.urls[turn % apis]))
-                if not pinned:
-                    turn += 1
+                task = asyncio.create_task(send(batch, spec.urls[api]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if pinned:
-                turn += 1
             await asyncio.sleep(SEND_INTERVAL_S)
         if tasks:
             await asyncio.gather(*tasks)
@@ -930,14 +928,12 @@ def main(argv: list[str]) -> int:
                        else args.profile_node0.with_suffix(f".n{n}.txt"))
             with open_localnet(n, args.accounts, directory, args.base_port, profile) as homes:
                 key_paths = sorted((directory / "accounts").glob("client-*.json"))
-                steps = [StepConfig(rate, args.warmup, args.duration, args.drain_timeout,
+                closed = StepConfig(0.0, args.warmup, args.duration, args.drain_timeout,
                                     args.loaders, args.batch, args.closed_loop_txs,
                                     args.routing)
-                         for rate in args.rates]
+                steps = [replace(closed, rate_per_s=rate) for rate in args.rates]
                 if args.closed_loop:
-                    steps.append(StepConfig(0.0, args.warmup, args.duration, args.drain_timeout,
-                                            args.loaders, args.batch, args.closed_loop_txs,
-                                            args.routing))
+                    steps.append(closed)
                 for step in steps:
                     workdir = root / f"n{n}-r{int(step.rate_per_s)}"
                     workdir.mkdir()
