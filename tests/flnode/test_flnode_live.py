@@ -9,6 +9,7 @@ it is not repeated here.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,14 +84,21 @@ def test_a_hospital_trains_over_the_api_until_its_privacy_budget_is_spent(
     data_file = directory / "hospitals" / "hospital-0.csv"
     args = ["--node", urls[1], "--key", str(key_file), "--data", str(data_file), "--attest", "no"]
     assert train.main([*args, "--rounds", "1"]) == 0
-    assert "my delta accepted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "my delta accepted" in out
+    closed = re.search(r"round (\d+) closed", out)
+    assert closed is not None, out
+    # The trainer saw the close at its own node; the others may be a block behind.
+    number = int(closed.group(1))
+    for url in urls:
+        _wait_round(Client(url), number)
     client = Client(urls[2])
     key = load_key_file(key_file)
     account = client.get_account(key.public_key)
     assert account["epsilon_spent"] == pytest.approx(one, rel=1e-3)
     assert 0 < account["reputation"] <= 1
-    # Every validator holds the same model after the round.
-    hashes = {Client(url).get_fl_model_info(0)["model_hash"] for url in urls}
+    # Every validator made the same model in that round.
+    hashes = {Client(url).get_fl_round(0, number)["model_hash"] for url in urls}
     assert len(hashes) == 1
     # The next delta would overspend: 400 with the chain's reason, through any validator.
     agent = HospitalAgent(client, key, load_hospital_data(data_file, "public", "breast_cancer", 0),
@@ -148,5 +156,7 @@ def test_validators_that_train_and_attest_themselves_advance_the_model(tmp_path:
         assert len(summary["deltas"]) == 4
         assert all(o["attestation_count"] == 4 for o in summary["deltas"])
         assert summary["closed_height"] < client.get_fl_tasks()["tasks"][0]["round_length_blocks"]
+        for url in urls[1:]:  # one may be a block behind the first
+            _wait_round(Client(url), 0)
         hashes = {Client(url).get_fl_round(0, 0)["model_hash"] for url in urls}
         assert len(hashes) == 1 and summary["model_version"] == 1
