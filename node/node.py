@@ -1090,9 +1090,10 @@ class Node:
 
     async def _tick_loop(self) -> None:
         """Sleep until a tick is due (Driver.get_next_tick_time), not every tick: a wake-up
-        of trio in guest mode costs a thread hand-off, and 20 a second per validator were
-        about half of an idle 16-validator localnet's CPU. An event that brings the next
-        due tick forward moves the wake-up (_reschedule_ticks)."""
+        of trio in guest mode costs a thread hand-off, and waking 20 times a second per
+        validator for ticks that did nothing cost an idle 16-validator localnet 10-20% of
+        its CPU. An event that brings the next due tick forward moves the wake-up
+        (_reschedule_ticks)."""
         while True:
             wake_at = self.driver.get_next_tick_time()
             with trio.move_on_at(self._to_trio_time(wake_at)) as scope:
