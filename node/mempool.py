@@ -527,12 +527,17 @@ class Mempool:
             return None
         return max(0, self._retry[0][0] - now_ms)
 
-    def take_relay_batch(self, max_txs: int, max_bytes: int, now_ms: int) -> list[bytes]:
+    def take_relay_batch(
+        self, max_txs: int, max_bytes: int, now_ms: int, *, to_peers: bool = True
+    ) -> list[bytes]:
         """Local txs to relay, bounded by count and bytes: those never relayed, oldest
         first, then (at most ``relay_retry_txs_max``) those whose retry is due.
 
         Every tx returned counts as relayed at ``now_ms`` and is due again after its
         backoff, so a batch the transport refuses or loses is retried like any other.
+        ``to_peers`` is False at a primary that relays to the primary only: it takes its
+        batch to keep the schedule (and requeue it at a view change) but sends it to no
+        one, so its retries are not counted in ``relay_retries``.
         """
         out: list[bytes] = []
         size_bytes = 0
@@ -596,7 +601,8 @@ class Mempool:
                 self._schedule_retry(entry, now_ms)
                 nonce += 1
                 entry = queue.get(nonce)
-        self.metrics.relay_retries += retried
+        if to_peers:
+            self.metrics.relay_retries += retried
         return out
 
     def requeue_relayed(self) -> int:

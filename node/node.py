@@ -841,10 +841,10 @@ class Driver:
         """The next relay batch and the validators it goes to (get_relay_targets). The
         primary takes its batch too but sends it nowhere: it proposes from its own pool, and
         after a view change the batch is requeued for the new primary like everyone's."""
-        batch = self.mempool.take_relay_batch(
-            RELAY_BATCH_TXS_MAX, RELAY_BATCH_BYTES_MAX, self.wall_ms()
-        )
         targets = self.get_relay_targets()
+        batch = self.mempool.take_relay_batch(
+            RELAY_BATCH_TXS_MAX, RELAY_BATCH_BYTES_MAX, self.wall_ms(), to_peers=bool(targets)
+        )
         if not batch or not targets:
             return None
         return encode_tx_batch(batch), targets

@@ -231,6 +231,18 @@ def test_the_primary_relays_its_own_clients_txs_to_no_one() -> None:
     assert batches == []
 
 
+def test_only_retries_that_go_to_a_peer_are_counted() -> None:
+    cluster = Cluster()
+    cluster.down.update({2, 3})  # no quorum: nothing commits, every retry comes due
+    assert cluster.drivers[0].submit_tx(transfer(0, 0)).status == "accepted"  # the primary
+    assert cluster.drivers[1].submit_tx(transfer(1, 0)).status == "accepted"  # a backup
+    for _ in range(100):  # 5 s: past the 1 s and 2 s backoffs
+        cluster.step()
+    retries = [cluster.drivers[i].mempool.get_metrics()["mempool_relay_retries"] for i in (0, 1)]
+    assert retries[0] == 0  # the primary's batch went to no one
+    assert retries[1] >= 1  # the backup resent its tx to the primary
+
+
 def test_with_relay_all_every_backup_admits_the_tx_before_the_block() -> None:
     cluster = Cluster(relay=RELAY_ALL)
     batches = record_tx_batches(cluster)
