@@ -63,7 +63,8 @@ RELAY_MODES = (RELAY_PRIMARY, RELAY_ALL)
 
 @dataclass(frozen=True)
 class MempoolConfig:
-    # Clients' txs may fill half (node/mempool.py LOCAL_FILL_PERCENT): two full blocks of
+    # Clients' txs that can apply may fill half (node/mempool.py LOCAL_FILL_PERCENT; those
+    # waiting for an earlier nonce get a quarter of that on top): two full blocks of
     # backlog, so latency under overload stays a few seconds and the API sheds load
     # (503 mempool_full) instead of queueing (CometBFT's default pool: 5,000 txs).
     txs_max: int = field(default=20_000, metadata=_range(1, 10_000_000))

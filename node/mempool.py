@@ -21,6 +21,17 @@ it returns applies in sequence. After a commit, :meth:`Mempool.update` drops
 committed and stale txs; :meth:`Mempool.evict_expired` drops those older than
 the TTL.
 
+A sender's txs past the first nonce neither its account nor the pool has are
+*gapped*: they cannot apply until that nonce comes. The pool tracks them (a
+flag per entry, the run's end per sender) and gives them room of their own:
+a client's applicable txs fill up to LOCAL_FILL_PERCENT of the bounds, its
+gapped ones a GAPPED_FILL_PERCENT part of that mark on top. Counted together,
+a mark full of gapped txs refused the txs that would fill their gaps, and
+nothing could apply until the TTL (a client sending one account's batches
+concurrently, one refused and a later one admitted, did that: the seventh
+session's closed-loop stall); counted apart, applicable txs always find room
+as the ones before them commit.
+
 Txs from a local client are queued for relay to the other validators;
 :meth:`Mempool.take_relay_batch` takes a bounded batch, framed by
 :func:`encode_tx_batch`. Txs that came from a peer are not relayed again.
@@ -91,6 +102,7 @@ REJECT_UNSUPPORTED = "unsupported"
 REJECT_FULL = "full"  # the API answers 503: try again later
 RETRY_LATENCY_FACTOR = 2.0  # a relay retry waits at least this many commit latencies
 LOCAL_FILL_PERCENT = 50  # of the pool's bounds a local client's txs may fill (see _is_full)
+GAPPED_FILL_PERCENT = 25  # of that local mark, what gapped txs may hold (see _is_gap_full)
 
 EVICT_COMMITTED = "committed"
 EVICT_STALE = "stale_nonce"
@@ -152,6 +164,7 @@ class _Entry:
     local: bool = False  # from this node's clients
     relay_attempts: int = 0  # local txs: how many times relayed so far
     retry_due_ms: int = -1  # local txs: when the live retry item is due (others are stale)
+    gapped: bool = False  # an earlier nonce of its sender is not pending: it cannot apply yet
 
 
 @dataclass
@@ -191,6 +204,12 @@ class Mempool:
         self._size_bytes = 0
         self._local_txs = 0  # local entries and their bytes (see _is_full)
         self._local_bytes = 0
+        # Per sender: the account nonce the pool last saw and the end of the run of pending
+        # nonces from it; entries past the run are gapped (see _set_ready_end).
+        self._base_nonce: dict[bytes, int] = {}
+        self._ready_end: dict[bytes, int] = {}
+        self._gapped = [0, 0]  # gapped entries: txs, bytes
+        self._gapped_local = [0, 0]  # of which local
         self._seq = 0
         self.commit_latency_ms = 0.0  # see _observe_commit_latency
 
@@ -216,6 +235,7 @@ class Mempool:
             "mempool_admitted": self.metrics.admitted,
             "mempool_duplicates": self.metrics.duplicates,
             "mempool_local_txs": self._local_txs,
+            "mempool_gapped_txs": self._gapped[0],
             "mempool_relay_queue": len(self._relay),
             "mempool_relay_retry_queue": len(self._retry),
             "mempool_relay_retries": self.metrics.relay_retries,
@@ -281,6 +301,13 @@ class Mempool:
                 REJECT_DUPLICATE_NONCE,
                 f"a different tx with nonce {tx.nonce} from this sender is already pending",
             )
+        ready_end = self._get_ready_end(tx.sender, account.nonce)
+        if source == SOURCE_LOCAL and tx.nonce > ready_end and self._is_gap_full(len(tx_bytes)):
+            return self._reject(
+                REJECT_FULL,
+                f"mempool full of txs waiting for earlier nonces ({self._gapped[0]}); nonce "
+                f"{ready_end} of this sender is not pending: send it first, or retry later",
+            )
         cost = get_tx_cost(tx)
         reserved = self._reserved.get(tx.sender, 0)
         if cost + reserved > account.balance:
@@ -300,7 +327,7 @@ class Mempool:
             if body_error is not None:
                 return self._reject(body_error.reason, body_error.message)
         self._insert(_Entry(tx, tx_bytes, tx_hash, cost, now_ms, self._seq,
-                            local=source == SOURCE_LOCAL))
+                            local=source == SOURCE_LOCAL), account.nonce)
         self._seq += 1
         if source == SOURCE_LOCAL:
             self._relay.append(tx_hash)
@@ -344,13 +371,37 @@ class Mempool:
             return True
         if source != SOURCE_LOCAL:
             return False
-        shares = self.config.local_fill_shares
-        # One share: every pool sees every tx, so the whole pool is what clients filled.
-        txs, used_bytes = ((len(self._by_hash), self._size_bytes) if shares == 1
-                           else (self._local_txs, self._local_bytes))
-        fill = LOCAL_FILL_PERCENT
-        return (txs >= max(1, count_max * fill // 100 // shares)
-                or used_bytes + size_bytes > max(1, bytes_max * fill // 100 // shares))
+        # Gapped txs are counted apart (_is_gap_full): were they counted here, a mark full
+        # of them would refuse the very txs that fill their gaps, and nothing in the pool
+        # could apply until the TTL (the seventh session's closed-loop stall).
+        if self.config.local_fill_shares == 1:
+            # Every pool sees every tx, so the whole pool is what clients filled.
+            txs = len(self._by_hash) - self._gapped[0]
+            used_bytes = self._size_bytes - self._gapped[1]
+        else:
+            txs = self._local_txs - self._gapped_local[0]
+            used_bytes = self._local_bytes - self._gapped_local[1]
+        txs_max, bytes_max = self._get_local_marks()
+        return txs >= txs_max or used_bytes + size_bytes > bytes_max
+
+    def _is_gap_full(self, size_bytes: int) -> bool:
+        """Whether a client's tx that would wait for an earlier nonce finds no room.
+
+        Gapped txs (a client's batches arriving out of order, or after an earlier one was
+        refused) hold GAPPED_FILL_PERCENT of the local mark, counted apart from the txs
+        that can apply: however many wait, the txs that fill their gaps still find room,
+        since the applicable ones leave at each commit."""
+        gapped = self._gapped if self.config.local_fill_shares == 1 else self._gapped_local
+        txs_max, bytes_max = (max(1, mark * GAPPED_FILL_PERCENT // 100)
+                              for mark in self._get_local_marks())
+        return gapped[0] >= txs_max or gapped[1] + size_bytes > bytes_max
+
+    def _get_local_marks(self) -> tuple[int, int]:
+        """One node's clients' mark: LOCAL_FILL_PERCENT of the pool's count and byte
+        bounds, over the local shares."""
+        shares, fill = self.config.local_fill_shares, LOCAL_FILL_PERCENT
+        return (max(1, self.config.tx_count_max * fill // 100 // shares),
+                max(1, self.config.size_max_bytes * fill // 100 // shares))
 
     def _is_backlogged(self) -> bool:
         """Refuse clients before the signature check once the chain is seconds behind.
@@ -382,7 +433,63 @@ class Mempool:
             return exc
         return None
 
-    def _insert(self, entry: _Entry) -> None:
+    # --- gaps ----------------------------------------------------------------------
+    # A sender's pending txs that can apply are the run of nonces from its account nonce;
+    # the rest are gapped. The pool keeps the run's end per sender and a flag per entry,
+    # moved by admissions (which can only extend a run), by commits (update: the account
+    # nonce passes the run's start) and by removals inside a run (expiry, evict_if), so
+    # the room checks read two counters instead of walking the pool.
+
+    def _get_ready_end(self, sender: bytes, account_nonce: int) -> int:
+        """The first nonce of ``sender`` that neither the account nor the pool has."""
+        if sender not in self._by_sender:
+            return account_nonce
+        if self._base_nonce[sender] != account_nonce:  # a state the pool was not told of
+            self._set_ready_end(sender, account_nonce)
+        return self._ready_end[sender]
+
+    def _set_ready_end(self, sender: bytes, account_nonce: int) -> None:
+        """Recompute ``sender``'s run and every one of its entries' flags."""
+        queue = self._by_sender[sender]
+        end = account_nonce
+        while end in queue:  # bounded: one step per pending tx
+            end += 1
+        for nonce, entry in queue.items():
+            self._mark_gapped(entry, nonce > end)
+        self._base_nonce[sender] = account_nonce
+        self._ready_end[sender] = end
+
+    def _extend_ready_end(self, entry: _Entry) -> None:
+        """After ``entry`` joined its sender's queue: it is gapped, or it extends the run
+        and may join the run to gapped entries after it."""
+        sender, nonce = entry.tx.sender, entry.tx.nonce
+        end = self._ready_end[sender]
+        assert nonce >= end, "a nonce inside the run is already pending"
+        if nonce > end:
+            self._mark_gapped(entry, True)
+            return
+        queue = self._by_sender[sender]
+        end += 1
+        while end in queue:  # bounded: one step per pending tx
+            self._mark_gapped(queue[end], False)
+            end += 1
+        self._ready_end[sender] = end
+
+    def _mark_gapped(self, entry: _Entry, gapped: bool) -> None:
+        if entry.gapped == gapped:
+            return
+        entry.gapped = gapped
+        step = 1 if gapped else -1
+        size = step * len(entry.tx_bytes)
+        counters = (self._gapped, self._gapped_local) if entry.local else (self._gapped,)
+        for counter in counters:
+            counter[0] += step
+            counter[1] += size
+            assert counter[0] >= 0 and counter[1] >= 0
+
+    # --- insertion and removal -----------------------------------------------------
+
+    def _insert(self, entry: _Entry, account_nonce: int) -> None:
         sender = entry.tx.sender
         self._by_hash[entry.tx_hash] = entry
         self._by_sender.setdefault(sender, {})[entry.tx.nonce] = entry
@@ -391,14 +498,24 @@ class Mempool:
         if entry.local:
             self._local_txs += 1
             self._local_bytes += len(entry.tx_bytes)
+        if self._base_nonce.get(sender) == account_nonce:
+            self._extend_ready_end(entry)
+        else:  # a new sender, or a state the pool was not told of
+            self._set_ready_end(sender, account_nonce)
 
-    def _remove(self, entry: _Entry, reason: str) -> None:
+    def _remove(self, entry: _Entry, reason: str) -> bool:
+        """Drop ``entry``; True if that cut its sender's run short before the run's end
+        (the caller then recomputes the sender's flags: see _settle_runs)."""
         sender = entry.tx.sender
+        cut = not entry.gapped
+        self._mark_gapped(entry, False)
         del self._by_hash[entry.tx_hash]
         queue = self._by_sender[sender]
         del queue[entry.tx.nonce]
         if not queue:
             del self._by_sender[sender]
+            del self._base_nonce[sender], self._ready_end[sender]
+            cut = False
         reserved = self._reserved[sender] - entry.cost
         assert reserved >= 0
         if reserved == 0 and sender not in self._by_sender:
@@ -412,6 +529,14 @@ class Mempool:
             self._local_bytes -= len(entry.tx_bytes)
             assert self._local_txs >= 0 and self._local_bytes >= 0
         self.metrics.evicted[reason] = self.metrics.evicted.get(reason, 0) + 1
+        return cut
+
+    def _settle_runs(self, senders: Collection[bytes]) -> None:
+        """Recompute the runs of senders whose run a removal cut (their account nonce
+        unchanged), so the txs after the cut count as gapped."""
+        for sender in senders:
+            if sender in self._by_sender:
+                self._set_ready_end(sender, self._base_nonce[sender])
 
     # --- eviction ----------------------------------------------------------------
 
@@ -431,7 +556,7 @@ class Mempool:
             if entry is not None:
                 if committed_at_ms is not None and entry.relay_attempts > 0:
                     self._observe_commit_latency(committed_at_ms - entry.admitted_ms)
-                self._remove(entry, EVICT_COMMITTED)
+                self._remove(entry, EVICT_COMMITTED)  # its sender's account is a changed key
         senders = (list(self._by_sender) if changed_keys is None
                    else [schema.get_account_public_key(key) for key in changed_keys])
         for sender in senders:
@@ -441,8 +566,18 @@ class Mempool:
             stale = [e for nonce, e in self._by_sender[sender].items() if nonce < account_nonce]
             for entry in stale:
                 self._remove(entry, EVICT_STALE)
+            if sender in self._by_sender:
+                self._advance_run(sender, account_nonce)
         if now_ms is not None:
             self.evict_expired(now_ms)
+
+    def _advance_run(self, sender: bytes, account_nonce: int) -> None:
+        """After a commit moved ``sender``'s account nonce (its txs below it removed)."""
+        if account_nonce <= self._ready_end[sender]:
+            # Only nonces below the new start left the run: its end, and every flag, hold.
+            self._base_nonce[sender] = account_nonce
+        else:  # txs this pool did not hold filled the gap: the run starts afresh
+            self._set_ready_end(sender, account_nonce)
 
     def evict_if(self, predicate: Callable[[Transaction], bool], reason: str) -> list[Transaction]:
         """Drop every pending tx ``predicate`` marks as never applicable; returns them.
@@ -450,20 +585,23 @@ class Mempool:
         One pass over the pool: callers use it rarely (e.g. after a block recorded evidence).
         """
         doomed = [entry for entry in self._by_hash.values() if predicate(entry.tx)]
-        for entry in doomed:
-            self._remove(entry, reason)
+        cut = [entry.tx.sender for entry in doomed if self._remove(entry, reason)]
+        self._settle_runs(dict.fromkeys(cut))
         return [entry.tx for entry in doomed]
 
     def evict_expired(self, now_ms: int) -> int:
         """Drop txs admitted ``ttl_ms`` or more ago; returns how many."""
         expired = 0
+        cut: dict[bytes, None] = {}
         # _by_hash is in admission order and now_ms only grows, so stop at the first fresh one.
         while self._by_hash:
             entry = next(iter(self._by_hash.values()))
             if now_ms - entry.admitted_ms < self.config.ttl_ms:
                 break
-            self._remove(entry, EVICT_EXPIRED)
+            if self._remove(entry, EVICT_EXPIRED):
+                cut[entry.tx.sender] = None
             expired += 1
+        self._settle_runs(cut)
         return expired
 
     # --- reap --------------------------------------------------------------------

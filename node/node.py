@@ -179,7 +179,7 @@ PROPOSALS_PER_EVENT_MAX = 8
 MEMPOOL_METRICS_EXPORTED_ELSEWHERE = frozenset({"mempool_size", "mempool_bytes"})
 MEMPOOL_GAUGES = frozenset(
     {"mempool_relay_queue", "mempool_relay_retry_queue", "mempool_commit_latency_ms",
-     "mempool_local_txs"}
+     "mempool_local_txs", "mempool_gapped_txs"}
 )
 # Proposed, not delivered; full blocks are not held back. Sweeps of n = 4..16 on 2 cores
 # (docs/benchmarks.md): 2 kept n = 7 at 1,500-1,700 tx/s under overload, where 4 let it

@@ -235,6 +235,90 @@ def test_with_shares_each_nodes_clients_fill_their_share_counted_alone() -> None
     assert pool.admit(make_transfer(1, 0, 1, 1), STATE, 0, SOURCE_PEER).ok
 
 
+def assert_gaps_match_the_state(pool: Mempool, state: State) -> None:
+    """The pool's gap flags and counters, recomputed from the state's account nonces."""
+    gapped = [0, 0]
+    for sender, queue in pool._by_sender.items():
+        end = ledger.get_account(state, sender).nonce
+        while end in queue:
+            end += 1
+        for nonce, entry in queue.items():
+            assert entry.gapped == (nonce > end), (sender.hex()[:8], nonce, end)
+            gapped[0] += entry.gapped
+            gapped[1] += entry.local and entry.gapped
+    assert [pool._gapped[0], pool._gapped_local[0]] == gapped
+    assert pool._gapped[1] == sum(len(e.tx_bytes) for e in pool._by_hash.values() if e.gapped)
+    assert pool.get_metrics()["mempool_gapped_txs"] == gapped[0]
+
+
+def test_gapped_txs_have_room_of_their_own_and_never_hold_their_fillers_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three shares of half of 24: a node's clients may fill 4 with txs that can apply and
+    # max(1, 4 // 4) = 1 with txs that wait for an earlier nonce.
+    pool = make_pool(tx_count_max=24, local_fill_shares=3, ttl_ms=1_000)
+    assert pool.admit(make_transfer(0, 3, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.get_metrics()["mempool_gapped_txs"] == 1
+    checks: list[bytes] = []
+    verify = ledger.verify_tx
+    monkeypatch.setattr(ledger, "verify_tx", lambda *args: checks.append(b"") or verify(*args))
+    refused = pool.admit(make_transfer(1, 2, 1, 1), STATE, 0, SOURCE_LOCAL)
+    assert refused.reason == "full" and "earlier nonces" in refused.message
+    assert "nonce 0 of this sender" in refused.message and checks == []
+    # A peer's gapped tx is not bound by it (refusing relays leaves gaps at this node).
+    assert pool.admit(make_transfer(1, 2, 1, 1), STATE, 0, SOURCE_PEER).ok
+    assert pool.get_metrics()["mempool_gapped_txs"] == 2
+    # The gap's fillers find room, and filling it turns the waiting tx applicable.
+    for nonce in range(3):
+        assert pool.admit(make_transfer(0, nonce, 1, 1), STATE, 500, SOURCE_LOCAL).ok
+    assert pool.get_metrics()["mempool_gapped_txs"] == 1  # sender 1's, from the peer
+    assert_gaps_match_the_state(pool, STATE)
+    # Four applicable local txs: the mark is reached for every client tx.
+    assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 500, SOURCE_LOCAL).reason == "full"
+    # Nonce 3 expires first (admitted first): nothing after it, so nothing waits anew.
+    assert pool.evict_expired(1_000) == 2 and pool.get_pending_nonces(KEYS[0].public_key) == [
+        0, 1, 2]
+    assert_gaps_match_the_state(pool, STATE)
+    pool = make_pool(tx_count_max=24, local_fill_shares=3, ttl_ms=1_000)
+    assert pool.admit(make_transfer(0, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    for nonce in (1, 2):
+        assert pool.admit(make_transfer(0, nonce, 1, 1), STATE, 500, SOURCE_LOCAL).ok
+    assert pool.evict_expired(1_000) == 1  # nonce 0 leaves: 1 and 2 wait for it again
+    assert pool.get_metrics()["mempool_gapped_txs"] == 2
+    assert_gaps_match_the_state(pool, STATE)
+    # A state the pool was not told of (nonce 0 committed elsewhere): the next admission
+    # recounts the sender from that state's nonce.
+    after = build_block(STATE, [make_transfer(0, 0, 1, 1)], CONTEXT, 0, 0, 2000).applied.state
+    assert pool.admit(make_transfer(0, 3, 1, 1), after, 1_000, SOURCE_LOCAL).ok
+    assert pool.get_metrics()["mempool_gapped_txs"] == 0
+    assert_gaps_match_the_state(pool, after)
+
+
+def test_a_client_sending_batches_out_of_order_into_a_full_share_gets_all_committed() -> None:
+    # Regression (seventh session): a client's batches of one account arrive out of order
+    # at a full share; the later batch took the room its earlier nonces then needed, so
+    # no tx could apply, blocks stayed empty and the pool only cleared at the TTL.
+    pool = make_pool(tx_count_max=24, local_fill_shares=3)  # a mark of 4
+    batches = [[4, 5, 6, 7], [8, 9, 10, 11], [0, 1, 2, 3]]  # as the client's workers send
+    unsent = [nonce for batch in batches for nonce in batch]
+    state: State = STATE
+    committed: list[int] = []
+    for step in range(12):  # bounded: each step is a client retry and a block
+        unsent = [nonce for nonce in unsent
+                  if not pool.admit(make_transfer(0, nonce, 1, 1), state, step, SOURCE_LOCAL).ok]
+        assert_gaps_match_the_state(pool, state)
+        built = build_block(state, pool.reap(100, 10**6, state), CONTEXT, 0, 0, 2000 + step)
+        committed += [ledger.get_account(built.applied.state, KEYS[0].public_key).nonce
+                      - ledger.get_account(state, KEYS[0].public_key).nonce]
+        state = built.applied.state
+        pool.update(state, built.applied.tx_hashes, step)
+        assert_gaps_match_the_state(pool, state)
+        if not unsent and len(pool) == 0:
+            break
+    assert ledger.get_account(state, KEYS[0].public_key).nonce == 12
+    assert committed[0] > 0  # the first block already carried txs
+
+
 def test_random_traffic_keeps_the_pool_consistent() -> None:
     rng = random.Random(7)
     sources = random.Random(8)  # its own stream: the traffic below stays what it was
@@ -271,6 +355,9 @@ def test_random_traffic_keeps_the_pool_consistent() -> None:
             by_keys.update(state, applied.tx_hashes, step, changed_keys=applied.diff.keys())
             by_pass.update(state, applied.tx_hashes, step)
             assert by_keys._by_hash.keys() == by_pass._by_hash.keys()
+            for each in (by_keys, by_pass):
+                assert_gaps_match_the_state(each, state)
+        assert_gaps_match_the_state(pool, state)
         assert len(pool) <= 40
         assert pool.size_bytes == sum(len(e.tx_bytes) for e in pool._by_hash.values())
         assert pool.get_metrics()["mempool_local_txs"] == sum(
