@@ -721,6 +721,25 @@ class Replica:
 
     # ---- time ---------------------------------------------------------------------------
 
+    def get_ticks_until_due(self) -> int:
+        """How many Ticks until one does something (at least 1): the next STATUS broadcast,
+        the progress or view-change deadline, or a VIEW-CHANGE retransmission. The ticks
+        before it only advance ``now_tick``, so a driver may sleep until then and deliver
+        them together (node.Driver.catch_up_ticks)."""
+        interval = self.config.status_interval_ticks
+        ticks = (self.me - self.now_tick - 1) % interval + 1  # mirrors _on_tick's test
+        if self.active:
+            deadlines = [self.progress_deadline_tick]
+        else:
+            deadlines = [] if self.view_change_deadline_tick is None else [
+                self.view_change_deadline_tick]
+            if self.own_view_change is not None:
+                deadlines.append(self.retransmit_tick)
+        for deadline in deadlines:
+            ticks = min(ticks, max(1, deadline - self.now_tick))
+        assert 1 <= ticks <= interval
+        return ticks
+
     def _on_tick(self) -> None:
         self.now_tick += 1
         if (

@@ -390,7 +390,13 @@ class Simulation:
         if isinstance(event, Receive) and node.byzantine == "replay" and len(node.seen) < 64:
             node.seen.append(event.message)
         before = (node.replica.view, node.replica.active)
-        self._execute(i, node.replica.handle(event))
+        due = node.replica.get_ticks_until_due() if isinstance(event, Tick) else 0
+        actions = node.replica.handle(event)
+        # A driver sleeps through the ticks before the due one (node.Driver.catch_up_ticks):
+        # those must do nothing, and the due one must act.
+        assert due != 1 or actions, f"r{i}: the tick due now did nothing"
+        assert due <= 1 or not actions, f"r{i}: a tick {due - 1} before the due one acted"
+        self._execute(i, actions)
         after = (node.replica.view, node.replica.active)
         if after != before:
             state = "normal" if after[1] else "view-change"

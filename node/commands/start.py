@@ -182,7 +182,7 @@ def _run(
     if byzantine.is_enabled(byzantine.ENV_SKIP_PERSIST):
         logger.warning("TEST-ONLY broken build: votes are not persisted before sending")
         driver.skip_persist = True
-    node = Node(driver, transport, config.consensus.tick_ms)
+    node = Node(driver, transport)
 
     async def trio_main(bridge: Bridge) -> None:
         if not fault_file:

@@ -2,7 +2,9 @@
 
 Frames are queued per send and delivered in order by :meth:`Cluster.deliver_all`;
 :meth:`Cluster.step` delivers everything, then advances the shared clock one tick and
-ticks every live driver. Tests drop or hold frames through ``Cluster.filter``.
+ticks every live driver. Tests drop or hold frames through ``Cluster.filter``. With
+``ticks="catch_up"`` a driver is woken as node.Node does it: only at its
+get_next_tick_time, and caught up before every frame.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from node.client import make_transfer
 from node.config import RELAY_PRIMARY, BlockConfig, Config, ConsensusConfig, MempoolConfig
 from node.genesis import Genesis, Member, ValidatorInfo
 from node.keys import KeyPair
-from node.node import Driver
+from node.node import TICK_EPSILON, Driver
 from node.store import MemoryStore
 from node.transport import TrafficClass
 
@@ -86,7 +88,10 @@ class FakeNetwork:
 
 
 class Cluster:
-    def __init__(self, n: int = 4, relay: str = RELAY_PRIMARY) -> None:
+    def __init__(self, n: int = 4, relay: str = RELAY_PRIMARY, ticks: str = "every") -> None:
+        assert ticks in ("every", "catch_up")
+        self.ticks = ticks
+        self.wakes = 0  # catch_up: the times a driver was woken for its ticks
         self.genesis = make_genesis(n)
         self.config = make_config(relay)
         self.now = 100.0
@@ -115,6 +120,8 @@ class Cluster:
             if to in self.down or sender in self.down or not self.filter(sender, to, frame):
                 continue
             driver = self.drivers[to]
+            if self.ticks == "catch_up":
+                driver.catch_up_ticks()
             if traffic == TrafficClass.CONSENSUS:
                 driver.on_consensus_frame(sender, frame)
             else:
@@ -130,7 +137,11 @@ class Cluster:
                 if relay is not None:
                     for peer in relay[1]:
                         self.networks[i].send(peer, relay[0], TrafficClass.TRANSACTIONS)
-                driver.tick()
+                if self.ticks == "every":
+                    driver.tick()
+                elif self.now >= driver.get_next_tick_time() - TICK_EPSILON * driver.tick_s:
+                    self.wakes += 1
+                    driver.catch_up_ticks()
 
     def run_until(self, predicate: Callable[[], bool], steps_max: int = STEPS_MAX) -> None:
         for _ in range(steps_max):

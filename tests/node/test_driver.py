@@ -357,6 +357,51 @@ def test_primary_crash_leads_to_a_view_change_and_more_commits() -> None:
     assert all(d.view_changes_total >= 1 for d in cluster.live())
 
 
+def run_txs_then_a_primary_crash(cluster: Cluster) -> list[list[int]]:
+    """Frames sent by each driver up to each step."""
+    for nonce in range(30):
+        assert cluster.drivers[1].submit_tx(transfer(1, nonce)).status == "accepted"
+    trace = []
+    for step in range(360):
+        if step == 120:
+            cluster.down.add(0)
+        cluster.step()
+        trace.append([len(network.sent) for network in cluster.networks])
+    return trace
+
+
+def test_a_driver_woken_only_when_a_tick_is_due_sends_what_one_ticked_every_tick_sends() -> None:
+    ticked, woken = Cluster(), Cluster(ticks="catch_up")
+    # The same frames at the same steps, byte for byte and in order: votes, STATUS,
+    # blocks, view changes.
+    assert run_txs_then_a_primary_crash(ticked) == run_txs_then_a_primary_crash(woken)
+    for a, b in zip(ticked.networks, woken.networks, strict=True):
+        assert a.sent == b.sent
+    assert woken.get_heights() == ticked.get_heights()
+    assert min(woken.get_heights()) >= 3 and all(d.replica.view >= 1 for d in woken.live())
+    assert sum(d.ticks for d in woken.live()) > 0
+    # ... for far fewer wake-ups than 360 ticks at each of 4 drivers.
+    assert woken.wakes < 360 * 4 // 3
+
+
+def test_catching_up_after_a_stall_fires_the_first_due_tick_once_and_drops_the_rest() -> None:
+    cluster = Cluster(ticks="catch_up")
+    cluster.run_until(lambda: min(cluster.get_heights()) >= 1)
+    cluster.deliver_all()
+    backup = cluster.drivers[2]
+    due = backup.get_ticks_until_due()
+    ticks_before, sent_before = backup.ticks, len(cluster.networks[2].sent)
+    cluster.now += 50 * backup.replica_config.status_interval_ticks * backup.tick_s  # a stall
+    backup.catch_up_ticks()
+    assert backup.ticks == ticks_before + due
+    statuses = [f for _, f in cluster.networks[2].sent[sent_before:]
+                if isinstance(decode_consensus_message(f, MESSAGE_TYPES), Status)]
+    assert len(statuses) == 3  # one broadcast to 3 peers, not one per missed interval
+    backup.catch_up_ticks()  # the dropped ticks do not come back
+    assert backup.ticks == ticks_before + due
+    assert backup.get_next_tick_time() > cluster.now
+
+
 def test_garbage_frames_are_counted_and_dropped() -> None:
     cluster = Cluster()
     cluster.run_until(lambda: min(cluster.get_heights()) >= 1)
