@@ -504,8 +504,9 @@ class Mempool:
             self._set_ready_end(sender, account_nonce)
 
     def _remove(self, entry: _Entry, reason: str) -> bool:
-        """Drop ``entry``; True if that cut its sender's run short before the run's end
-        (the caller then recomputes the sender's flags: see _settle_runs)."""
+        """Drop ``entry``; True if it was applicable and its sender has txs left, whose
+        flags may then be wrong: the caller recomputes them (_settle_runs), or, when the
+        account nonce passed ``entry`` (committed, stale), moves the run (_advance_run)."""
         sender = entry.tx.sender
         cut = not entry.gapped
         self._mark_gapped(entry, False)
