@@ -23,14 +23,15 @@ the TTL.
 
 A sender's txs past the first nonce neither its account nor the pool has are
 *gapped*: they cannot apply until that nonce comes. The pool tracks them (a
-flag per entry, the run's end per sender) and gives them room of their own:
-a client's applicable txs fill up to LOCAL_FILL_PERCENT of the bounds, its
-gapped ones a GAPPED_FILL_PERCENT part of that mark on top. Counted together,
-a mark full of gapped txs refused the txs that would fill their gaps, and
+flag per entry, the run's end per sender) so that its room checks can tell
+them apart: a client's txs fill up to LOCAL_FILL_PERCENT of the bounds, and
+past that mark applicable txs (only) are still taken while the applicable
+ones are under it, up to LOCAL_HEADROOM_PERCENT more. Counted together, a
+mark full of gapped txs refused the txs that would fill their gaps, and
 nothing could apply until the TTL (a client sending one account's batches
 concurrently, one refused and a later one admitted, did that: the seventh
-session's closed-loop stall); counted apart, applicable txs always find room
-as the ones before them commit.
+session's closed-loop stall); now a gap's filler finds room as long as the
+applicable txs before it leave at each commit.
 
 Txs from a local client are queued for relay to the other validators;
 :meth:`Mempool.take_relay_batch` takes a bounded batch, framed by
@@ -102,7 +103,7 @@ REJECT_UNSUPPORTED = "unsupported"
 REJECT_FULL = "full"  # the API answers 503: try again later
 RETRY_LATENCY_FACTOR = 2.0  # a relay retry waits at least this many commit latencies
 LOCAL_FILL_PERCENT = 50  # of the pool's bounds a local client's txs may fill (see _is_full)
-GAPPED_FILL_PERCENT = 25  # of that local mark, what gapped txs may hold (see _is_gap_full)
+LOCAL_HEADROOM_PERCENT = 50  # past that mark, room for applicable txs only (see _is_full)
 
 EVICT_COMMITTED = "committed"
 EVICT_STALE = "stale_nonce"
@@ -305,7 +306,7 @@ class Mempool:
         if source == SOURCE_LOCAL and tx.nonce > ready_end and self._is_gap_full(len(tx_bytes)):
             return self._reject(
                 REJECT_FULL,
-                f"mempool full of txs waiting for earlier nonces ({self._gapped[0]}); nonce "
+                f"mempool full: {self._gapped[0]} txs already wait for earlier nonces and nonce "
                 f"{ready_end} of this sender is not pending: send it first, or retry later",
             )
         cost = get_tx_cost(tx)
@@ -371,30 +372,35 @@ class Mempool:
             return True
         if source != SOURCE_LOCAL:
             return False
-        # Gapped txs are counted apart (_is_gap_full): were they counted here, a mark full
-        # of them would refuse the very txs that fill their gaps, and nothing in the pool
-        # could apply until the TTL (the seventh session's closed-loop stall).
-        if self.config.local_fill_shares == 1:
-            # Every pool sees every tx, so the whole pool is what clients filled.
-            txs = len(self._by_hash) - self._gapped[0]
-            used_bytes = self._size_bytes - self._gapped[1]
-        else:
-            txs = self._local_txs - self._gapped_local[0]
-            used_bytes = self._local_bytes - self._gapped_local[1]
+        # Applicable txs are counted apart from gapped ones: were all counted together, a
+        # mark full of gapped txs would refuse the very txs that fill their gaps, and
+        # nothing in the pool could apply until the TTL (the seventh session's stall).
+        # Past the mark only applicable txs are taken (_is_gap_full), up to the headroom.
+        (txs, used_bytes), (ready_txs, ready_bytes) = self._get_local_use()
+        txs_max, bytes_max = self._get_local_marks()
+        room = 100 + LOCAL_HEADROOM_PERCENT
+        return (ready_txs >= txs_max or ready_bytes + size_bytes > bytes_max
+                or txs >= txs_max * room // 100
+                or used_bytes + size_bytes > bytes_max * room // 100)
+
+    def _is_gap_full(self, size_bytes: int) -> bool:
+        """Whether a client's tx that would wait for an earlier nonce finds no room: the
+        local mark counts every local tx for it, as it did for every tx before gaps were
+        tracked. A client spreading an account's nonces over validators (each backup's
+        pool sees only its own, gapped, while the primary holds them all) keeps the room
+        it had; only the txs that fill gaps get more (_is_full)."""
+        (txs, used_bytes), _ = self._get_local_use()
         txs_max, bytes_max = self._get_local_marks()
         return txs >= txs_max or used_bytes + size_bytes > bytes_max
 
-    def _is_gap_full(self, size_bytes: int) -> bool:
-        """Whether a client's tx that would wait for an earlier nonce finds no room.
-
-        Gapped txs (a client's batches arriving out of order, or after an earlier one was
-        refused) hold GAPPED_FILL_PERCENT of the local mark, counted apart from the txs
-        that can apply: however many wait, the txs that fill their gaps still find room,
-        since the applicable ones leave at each commit."""
-        gapped = self._gapped if self.config.local_fill_shares == 1 else self._gapped_local
-        txs_max, bytes_max = (max(1, mark * GAPPED_FILL_PERCENT // 100)
-                              for mark in self._get_local_marks())
-        return gapped[0] >= txs_max or gapped[1] + size_bytes > bytes_max
+    def _get_local_use(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(txs, bytes) of what the local mark counts, all of it and the applicable part."""
+        if self.config.local_fill_shares == 1:
+            # Every pool sees every tx, so the whole pool is what clients filled.
+            txs, used_bytes, gapped = len(self._by_hash), self._size_bytes, self._gapped
+        else:
+            txs, used_bytes, gapped = self._local_txs, self._local_bytes, self._gapped_local
+        return (txs, used_bytes), (txs - gapped[0], used_bytes - gapped[1])
 
     def _get_local_marks(self) -> tuple[int, int]:
         """One node's clients' mark: LOCAL_FILL_PERCENT of the pool's count and byte

@@ -251,14 +251,15 @@ def assert_gaps_match_the_state(pool: Mempool, state: State) -> None:
     assert pool.get_metrics()["mempool_gapped_txs"] == gapped[0]
 
 
-def test_gapped_txs_have_room_of_their_own_and_never_hold_their_fillers_out(
+def test_past_the_mark_only_txs_that_can_apply_are_taken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Three shares of half of 24: a node's clients may fill 4 with txs that can apply and
-    # max(1, 4 // 4) = 1 with txs that wait for an earlier nonce.
+    # Three shares of half of 24: a node's clients fill a mark of 4; past it, txs that
+    # can apply are still taken while those are under 4, up to 4 * 150% = 6 in all.
     pool = make_pool(tx_count_max=24, local_fill_shares=3, ttl_ms=1_000)
-    assert pool.admit(make_transfer(0, 3, 1, 1), STATE, 0, SOURCE_LOCAL).ok
-    assert pool.get_metrics()["mempool_gapped_txs"] == 1
+    for nonce in (3, 4, 5, 6):  # all wait for nonce 0 of sender 0
+        assert pool.admit(make_transfer(0, nonce, 1, 1), STATE, 0, SOURCE_LOCAL).ok
+    assert pool.get_metrics()["mempool_gapped_txs"] == 4
     checks: list[bytes] = []
     verify = ledger.verify_tx
     monkeypatch.setattr(ledger, "verify_tx", lambda *args: checks.append(b"") or verify(*args))
@@ -267,18 +268,31 @@ def test_gapped_txs_have_room_of_their_own_and_never_hold_their_fillers_out(
     assert "nonce 0 of this sender" in refused.message and checks == []
     # A peer's gapped tx is not bound by it (refusing relays leaves gaps at this node).
     assert pool.admit(make_transfer(1, 2, 1, 1), STATE, 0, SOURCE_PEER).ok
-    assert pool.get_metrics()["mempool_gapped_txs"] == 2
-    # The gap's fillers find room, and filling it turns the waiting tx applicable.
-    for nonce in range(3):
+    assert pool.get_metrics()["mempool_gapped_txs"] == 5
+    # The gap's fillers find room past the mark (a mark counting them with the gapped
+    # txs refused them, and nothing could ever apply), until the headroom is used.
+    checks.clear()
+    for nonce in (0, 1):
         assert pool.admit(make_transfer(0, nonce, 1, 1), STATE, 500, SOURCE_LOCAL).ok
+    assert len(checks) == 2
+    assert pool.admit(make_transfer(0, 2, 1, 1), STATE, 500, SOURCE_LOCAL).reason == "full"
+    assert len(checks) == 2  # refused before its signature was checked
+    assert pool.get_metrics()["mempool_local_txs"] == 6
+    assert_gaps_match_the_state(pool, STATE)
+    # The two applicable txs commit; the filler then joins the run to the waiting txs.
+    after = build_block(STATE, [make_transfer(0, n, 1, 1) for n in (0, 1)], CONTEXT, 0, 0,
+                        2000).applied
+    pool.update(after.state, after.tx_hashes, 600, changed_keys=after.diff.keys())
+    assert pool.admit(make_transfer(0, 2, 1, 1), after.state, 600, SOURCE_LOCAL).ok
     assert pool.get_metrics()["mempool_gapped_txs"] == 1  # sender 1's, from the peer
-    assert_gaps_match_the_state(pool, STATE)
-    # Four applicable local txs: the mark is reached for every client tx.
-    assert pool.admit(make_transfer(2, 0, 1, 1), STATE, 500, SOURCE_LOCAL).reason == "full"
-    # Nonce 3 expires first (admitted first): nothing after it, so nothing waits anew.
-    assert pool.evict_expired(1_000) == 2 and pool.get_pending_nonces(KEYS[0].public_key) == [
-        0, 1, 2]
-    assert_gaps_match_the_state(pool, STATE)
+    assert_gaps_match_the_state(pool, after.state)
+    # Applicable txs alone reach the mark: every client tx is refused then.
+    assert pool.admit(make_transfer(2, 0, 1, 1), after.state, 600, SOURCE_LOCAL).reason == (
+        "full")
+    # The first admitted (nonces 3-6 and the peer's) expire: nonce 2 is left, applicable.
+    assert pool.evict_expired(1_000) == 5
+    assert pool.get_pending_nonces(KEYS[0].public_key) == [2]
+    assert_gaps_match_the_state(pool, after.state)
     pool = make_pool(tx_count_max=24, local_fill_shares=3, ttl_ms=1_000)
     assert pool.admit(make_transfer(0, 0, 1, 1), STATE, 0, SOURCE_LOCAL).ok
     for nonce in (1, 2):
