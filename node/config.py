@@ -63,10 +63,10 @@ RELAY_MODES = (RELAY_PRIMARY, RELAY_ALL)
 
 @dataclass(frozen=True)
 class MempoolConfig:
-    # Clients' txs that can apply may fill half (node/mempool.py LOCAL_FILL_PERCENT; those
-    # waiting for an earlier nonce get a quarter of that on top): two full blocks of
-    # backlog, so latency under overload stays a few seconds and the API sheds load
-    # (503 mempool_full) instead of queueing (CometBFT's default pool: 5,000 txs).
+    # Clients' txs may fill half (node/mempool.py LOCAL_FILL_PERCENT; past it, txs that can
+    # apply, up to half as much again, so gapped txs never hold out their fillers): two
+    # full blocks of backlog, so latency under overload stays a few seconds and the API
+    # sheds load (503 mempool_full) instead of queueing (CometBFT's default pool: 5,000).
     txs_max: int = field(default=20_000, metadata=_range(1, 10_000_000))
     size_max_bytes: int = field(default=256 * MIB, metadata=_range(KIB, 64 * 1024 * MIB))
     # A local tx still pending this long after its relay is relayed again (backing off).
