@@ -302,13 +302,15 @@ class Mempool:
                 REJECT_DUPLICATE_NONCE,
                 f"a different tx with nonce {tx.nonce} from this sender is already pending",
             )
-        ready_end = self._get_ready_end(tx.sender, account.nonce)
-        if source == SOURCE_LOCAL and tx.nonce > ready_end and self._is_gap_full(len(tx_bytes)):
-            return self._reject(
-                REJECT_FULL,
-                f"mempool full: {self._gapped[0]} txs already wait for earlier nonces and nonce "
-                f"{ready_end} of this sender is not pending: send it first, or retry later",
-            )
+        if source == SOURCE_LOCAL:  # peers' relays are never refused for a gap
+            ready_end = self._get_ready_end(tx.sender, account.nonce)
+            if tx.nonce > ready_end and self._is_gap_full(len(tx_bytes)):
+                return self._reject(
+                    REJECT_FULL,
+                    f"mempool full: {self._gapped[0]} txs already wait for earlier nonces and "
+                    f"nonce {ready_end} of this sender is not pending: send it first, or retry "
+                    "later",
+                )
         cost = get_tx_cost(tx)
         reserved = self._reserved.get(tx.sender, 0)
         if cost + reserved > account.balance:
