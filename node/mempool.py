@@ -165,6 +165,7 @@ class _Entry:
     local: bool = False  # from this node's clients
     relay_attempts: int = 0  # local txs: how many times relayed so far
     retry_due_ms: int = -1  # local txs: when the live retry item is due (others are stale)
+    relayed_ms: int = -1  # local txs: when last relayed
     gapped: bool = False  # an earlier nonce of its sender is not pending: it cannot apply yet
 
 
@@ -724,6 +725,15 @@ class Mempool:
                 heapq.heappop(self._retry)
                 self._push_retry(entry, now_ms + self.config.relay_retry_ms)
                 continue
+            wait_ms = int(RETRY_LATENCY_FACTOR * self.commit_latency_ms)
+            if now_ms - entry.relayed_ms < wait_ms:
+                # The chain slowed down after this retry was scheduled: the backoff took
+                # the commit latency of that moment, and a backlog that is still growing
+                # outruns it (a fresh closed loop at N = 16 resent ~11,600 txs per 10 s
+                # window that the primary held). Measure from the latency of now.
+                heapq.heappop(self._retry)
+                self._push_retry(entry, entry.relayed_ms + wait_ms)
+                continue
             if out and size_bytes + len(entry.tx_bytes) > max_bytes:
                 break
             heapq.heappop(self._retry)
@@ -773,11 +783,14 @@ class Mempool:
 
     def _schedule_retry(self, entry: _Entry, now_ms: int) -> None:
         """The next relay of ``entry``: after its doubling backoff, and never before about
-        twice what a local tx takes to commit now. A retry is for a LOST batch; a chain that
+        twice what a local tx takes to commit now (and again when due: take_relay_batch
+        holds a lowest tx back while the latency of then says so). A retry is for a LOST
+        batch; a chain that
         is merely slow (seconds per commit under overload, more so at large n) would
         otherwise have every pending sender's txs resent to every peer each backoff step,
         and at n = 10 that traffic was 30 times the txs' own (bench consensus B/tx)."""
         entry.relay_attempts += 1
+        entry.relayed_ms = now_ms
         backoff_ms = max(
             min(self.config.relay_retry_ms << min(entry.relay_attempts - 1, 32),
                 self.config.relay_retry_max_ms),
