@@ -725,6 +725,7 @@ class Mempool:
                 heapq.heappop(self._retry)
                 self._push_retry(entry, now_ms + self.config.relay_retry_ms)
                 continue
+            assert entry.relay_attempts > 0 and entry.relayed_ms >= 0  # only relayed txs
             wait_ms = int(RETRY_LATENCY_FACTOR * self.commit_latency_ms)
             if now_ms - entry.relayed_ms < wait_ms:
                 # The chain slowed down after this retry was scheduled: the backoff took
@@ -783,12 +784,12 @@ class Mempool:
 
     def _schedule_retry(self, entry: _Entry, now_ms: int) -> None:
         """The next relay of ``entry``: after its doubling backoff, and never before about
-        twice what a local tx takes to commit now (and again when due: take_relay_batch
+        twice what a local tx takes to commit now (checked again when due: take_relay_batch
         holds a lowest tx back while the latency of then says so). A retry is for a LOST
-        batch; a chain that
-        is merely slow (seconds per commit under overload, more so at large n) would
-        otherwise have every pending sender's txs resent to every peer each backoff step,
-        and at n = 10 that traffic was 30 times the txs' own (bench consensus B/tx)."""
+        batch; a chain that is merely slow (seconds per commit under overload, more so at
+        large n) would otherwise have every pending sender's txs resent to every peer each
+        backoff step, and at n = 10 that traffic was 30 times the txs' own (bench
+        consensus B/tx)."""
         entry.relay_attempts += 1
         entry.relayed_ms = now_ms
         backoff_ms = max(
