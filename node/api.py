@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from node.codec import DEFAULT_LIMITS, DecodeError, Limits, decode_tx, get_tx_hash
 from node.config import Config
+from node.runtime import get_frozen_object_count
 from node.service import (
     OVERLOAD_CODES,
     AccountInfo,
@@ -291,7 +292,7 @@ def _render_gc(lines: list[str]) -> None:
                   for generation, stat in enumerate(stats)]
     name = "python_gc_objects_frozen"
     lines += [f"# HELP {name} Objects frozen out of every collection (gc.freeze).",
-              f"# TYPE {name} gauge", f"{name} {gc.get_freeze_count()}"]
+              f"# TYPE {name} gauge", f"{name} {get_frozen_object_count()}"]
 
 
 # --- request helpers -------------------------------------------------------------

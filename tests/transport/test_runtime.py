@@ -222,10 +222,11 @@ def test_configure_gc_freezes_startup_and_still_collects_young_cycles() -> None:
     later is still reclaimed by the automatic collections, with no gc.collect()."""
     script = textwrap.dedent("""
         import gc, weakref
-        from node.runtime import GC_THRESHOLDS, configure_gc
+        from node.runtime import GC_THRESHOLDS, configure_gc, get_frozen_object_count
         configure_gc()
         assert gc.get_threshold() == GC_THRESHOLDS, gc.get_threshold()
         assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+        assert get_frozen_object_count() == gc.get_freeze_count()
         freed = [0]
         class Node:
             pass
