@@ -43,6 +43,12 @@ funded accounts into a fresh directory, starts N ``bcfl start`` processes (as
   was rejected (say ``overloaded`` in open loop) cannot apply until that nonce comes:
   it is ``stranded`` (it leaves the pools at the mempool TTL), reported, not a failure.
   Any other uncommitted accepted tx is ``missing``: a failure (exit code 1).
+- ``--repeat K`` runs all of it K times, interleaved (every N once, then again), each on
+  a fresh localnet; runs carry their ``repetition``. ``summary`` gives each step's median
+  and range and, for the closed loop, each N against the smallest N: the ratio of the
+  medians and the ratio within each repetition. On this 2-core machine single runs
+  spread by +-10% within an hour, so one pair cannot settle a few percent. The plots
+  take each step's median run.
 
 Before the first localnet starts and after the last one stops it measures this
 machine's ceiling: Ed25519 verifications per second on all cores (one process per
@@ -59,6 +65,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -91,6 +98,7 @@ ROUTING_SPREAD = "spread"  # each batch to the next API, whatever accounts it ho
 ROUTINGS = (ROUTING_PINNED, ROUTING_SPREAD)
 NONCE_WINDOW = 64  # the mempool's nonce_gap_max: txs per account ahead of the chain
 START_DELAY_S = 0.5
+REPEAT_MAX = 20
 VALIDATORS_ALLOWED = (4, 7, 10, 16)
 BASE_PORT_DEFAULT = 21_000
 DEFAULT_OUTPUT = Path("bench-results/consensus")
@@ -752,6 +760,82 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
 # --- plots ---------------------------------------------------------------------------
 
 
+def get_step_key(run: dict[str, Any]) -> tuple[int, str, float]:
+    return (run["validators"], run["mode"], run["target_rate_tx_per_s"])
+
+
+def group_runs_by_step(runs: list[dict[str, Any]]) -> dict[tuple[int, str, float],
+                                                            list[dict[str, Any]]]:
+    """The runs of each step (N, mode, target rate), in the order they ran."""
+    groups: dict[tuple[int, str, float], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(get_step_key(run), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def select_median_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per step: the one with the median committed rate (the lower of the middle
+    two for an even count), so a plot's latency comes from a run that happened."""
+    chosen = []
+    for group in group_runs_by_step(runs).values():
+        ordered = sorted(group, key=lambda r: (r["committed_tx_per_s"], r["repetition"]))
+        chosen.append(ordered[(len(ordered) - 1) // 2])
+    return chosen
+
+
+def compute_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each step's committed rate over its repetitions (median and range), and each N's
+    closed loop against the smallest N's: the ratio of medians, and per repetition the
+    ratio of the two runs made close together (``--repeat`` interleaves the N), whose
+    spread says how far one pair can be trusted."""
+    groups = group_runs_by_step(runs)
+    steps = []
+    for (n, mode, rate), group in groups.items():
+        committed = [r["committed_tx_per_s"] for r in group]
+        p99s = [r["latency_s"]["p99"] for r in group if r["latency_s"]["p99"] is not None]
+        steps.append({
+            "validators": n, "mode": mode, "target_rate_tx_per_s": rate, "runs": len(group),
+            "committed_tx_per_s": {"median": round(statistics.median(committed), 1),
+                                   "min": min(committed), "max": max(committed)},
+            "p99_s_median": round(statistics.median(p99s), 4) if p99s else None,
+        })
+    closed = {n: group for (n, mode, _), group in groups.items() if mode == "closed_loop"}
+    scaling = []
+    if closed:
+        base_n = min(closed)
+        base_median = statistics.median(r["committed_tx_per_s"] for r in closed[base_n])
+        base_by_repetition = {r["repetition"]: r["committed_tx_per_s"] for r in closed[base_n]}
+        for n, group in closed.items():
+            median = statistics.median(r["committed_tx_per_s"] for r in group)
+            paired = [round(r["committed_tx_per_s"] / base_by_repetition[r["repetition"]], 4)
+                      for r in group if base_by_repetition.get(r["repetition"])]
+            scaling.append({
+                "validators": n, "relative_to_validators": base_n,
+                "median_tx_per_s": round(median, 1),
+                "ratio_of_medians": round(median / base_median, 4) if base_median else None,
+                "paired_ratios": paired,
+            })
+    return {"steps": steps, "closed_loop_scaling": scaling}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as text lines: a line per step, then the closed-loop scaling."""
+    lines = []
+    for step in summary["steps"]:
+        c = step["committed_tx_per_s"]
+        lines.append(f"N={step['validators']:>2} {step['mode']:<11} "
+                     f"{step['target_rate_tx_per_s']:>7.0f}: median {c['median']:.1f} tx/s "
+                     f"({c['min']:.1f}-{c['max']:.1f}, {step['runs']} runs), "
+                     f"p99 median {step['p99_s_median']} s")
+    for row in summary["closed_loop_scaling"]:
+        paired = ", ".join(f"{r:.1%}" for r in row["paired_ratios"])
+        ratio = row["ratio_of_medians"]
+        lines.append(f"closed loop N={row['validators']} / N={row['relative_to_validators']}: "
+                     f"{'-' if ratio is None else f'{ratio:.1%}'} of medians"
+                     + (f"; paired by repetition: {paired}" if paired else ""))
+    return "\n".join(lines)
+
+
 def write_plots(report: dict[str, Any], output: Path) -> list[str]:
     import matplotlib
 
@@ -760,7 +844,7 @@ def write_plots(report: dict[str, Any], output: Path) -> list[str]:
 
     written = []
     by_n: dict[int, list[dict[str, Any]]] = {}
-    for run in report["runs"]:
+    for run in select_median_runs(report["runs"]):  # one per step when repeated
         by_n.setdefault(run["validators"], []).append(run)
     open_runs = {n: sorted((r for r in runs if r["mode"] == "open_loop"),
                            key=lambda r: r["offered_tx_per_s"]) for n, runs in by_n.items()}
@@ -832,6 +916,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--closed-loop-txs", type=int, default=None,
                         help="pre-signed txs for the closed-loop step (default: "
                              f"{CLOSED_LOOP_TXS_PER_S:,} per second of warm-up and duration)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help=f"run every N's steps this many times (1..{REPEAT_MAX}), "
+                             "interleaved across N, each on a fresh localnet; the summary "
+                             "gives each step's median and range")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="excluded seconds first")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
@@ -870,6 +958,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--rate values must be positive")
     if not 1 <= args.batch <= 1000 or args.loaders < 1 or args.accounts < args.loaders:
         parser.error("--batch must be 1..1000, --loaders >= 1, --accounts >= --loaders")
+    if not 1 <= args.repeat <= REPEAT_MAX:
+        parser.error(f"--repeat must be 1..{REPEAT_MAX}")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
     return args
@@ -922,10 +1012,13 @@ def main(argv: list[str]) -> int:
         print(f"ceiling before the runs: {ceiling_before}", file=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-"))
     try:
-        for n in args.sizes:
-            directory = root / f"n{n}"
+        # Interleaved (every N once, then again): a machine that slows down for a while
+        # slows every N alike, and each repetition pairs the N it ran close together.
+        for repetition, n in ((r, n) for r in range(args.repeat) for n in args.sizes):
+            suffix = "" if args.repeat == 1 else f"-{repetition}"
+            directory = root / f"n{n}{suffix}"
             profile = (None if args.profile_node0 is None
-                       else args.profile_node0.with_suffix(f".n{n}.txt"))
+                       else args.profile_node0.with_suffix(f".n{n}{suffix}.txt"))
             with open_localnet(n, args.accounts, directory, args.base_port, profile) as homes:
                 key_paths = sorted((directory / "accounts").glob("client-*.json"))
                 closed = StepConfig(0.0, args.warmup, args.duration, args.drain_timeout,
@@ -935,9 +1028,10 @@ def main(argv: list[str]) -> int:
                 if args.closed_loop:
                     steps.append(closed)
                 for step in steps:
-                    workdir = root / f"n{n}-r{int(step.rate_per_s)}"
+                    workdir = root / f"n{n}{suffix}-r{int(step.rate_per_s)}"
                     workdir.mkdir()
-                    run = {"validators": n, **run_step(homes, key_paths, step, workdir)}
+                    run = {"validators": n, "repetition": repetition,
+                           **run_step(homes, key_paths, step, workdir)}
                     report["runs"].append(run)
                     print_run(run)
                     if run["load_ended_s_before_window_end"] > LOAD_ENDED_EARLY_WARNING_S:
@@ -965,12 +1059,15 @@ def main(argv: list[str]) -> int:
         run["ceiling_tx_per_s"] = round(ceiling, 1)
         run["fraction_of_ceiling"] = (round(run["committed_tx_per_s"] / ceiling, 4)
                                       if ceiling else None)
+    report["summary"] = compute_summary(report["runs"])
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         if not args.no_plots and report["runs"]:
             report["plots"] = write_plots(report, args.output)
     text = write_report(report, None if args.output is None else args.output / "consensus.json")
     print(format_table(report), file=sys.stderr)
+    if args.repeat > 1:
+        print(format_summary(report["summary"]), file=sys.stderr)
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output is not None:

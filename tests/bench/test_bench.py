@@ -142,6 +142,11 @@ def test_consensus_accounts_for_every_tx(tmp_path: Path, routing: str,
     assert run["validator_cpu_us_per_committed_tx"] > 0
     table = capsys.readouterr().err.split("commit/s", 1)[1].splitlines()
     assert table[2].split()[:2] == ["4", "open_loop"]  # header, rule, then the run
+    assert [r["repetition"] for r in report["runs"]] == [0, 0]
+    assert [s["runs"] for s in report["summary"]["steps"]] == [1, 1]
+    (scaling,) = report["summary"]["closed_loop_scaling"]  # N = 4 against itself
+    assert (scaling["validators"], scaling["relative_to_validators"]) == (4, 4)
+    assert scaling["median_tx_per_s"] == closed["committed_tx_per_s"]
 
 
 def test_a_rejected_tx_strands_only_the_later_txs_of_its_own_account() -> None:
@@ -208,6 +213,58 @@ def test_closed_loop_presigns_enough_txs_for_its_window() -> None:
     assert args.closed_loop_txs == 12 * consensus.CLOSED_LOOP_TXS_PER_S
     args = consensus.parse_args(["--closed-loop", "--closed-loop-txs", "500"])
     assert args.closed_loop_txs == 500
+
+
+def make_run(n: int, repetition: int, committed: float, p99: float | None = 1.0,
+             mode: str = "closed_loop", rate: float = 0.0) -> dict[str, object]:
+    return {"validators": n, "repetition": repetition, "mode": mode,
+            "target_rate_tx_per_s": rate, "committed_tx_per_s": committed,
+            "latency_s": {"p99": p99}}
+
+
+def test_repeated_steps_are_summarised_by_median_range_and_paired_ratios() -> None:
+    runs = [make_run(4, 0, 4000.0), make_run(16, 0, 1100.0),
+            make_run(4, 1, 5000.0, p99=3.0), make_run(16, 1, 1000.0),
+            make_run(4, 2, 4400.0, p99=None), make_run(16, 2, 1200.0),
+            make_run(4, 0, 500.0, mode="open_loop", rate=500.0)]
+    summary = consensus.compute_summary(runs)
+    steps = {(s["validators"], s["mode"]): s for s in summary["steps"]}
+    assert steps[(4, "closed_loop")]["committed_tx_per_s"] == {
+        "median": 4400.0, "min": 4000.0, "max": 5000.0}
+    assert steps[(4, "closed_loop")]["runs"] == 3
+    assert steps[(4, "closed_loop")]["p99_s_median"] == 2.0  # the runs with a p99
+    assert steps[(4, "open_loop")]["runs"] == 1
+    # The ratio of medians (1,100 / 4,400), and each repetition's own pair.
+    (base, sixteen) = summary["closed_loop_scaling"]
+    assert base["validators"] == 4 and base["ratio_of_medians"] == 1.0
+    assert sixteen["relative_to_validators"] == 4
+    assert sixteen["ratio_of_medians"] == 0.25
+    assert sixteen["paired_ratios"] == [0.275, 0.2, 0.2727]
+    text = consensus.format_summary(summary)
+    assert "N=16 / N=4: 25.0% of medians; paired by repetition: 27.5%, 20.0%, 27.3%" in text
+
+
+def test_a_repetition_without_the_smallest_n_gives_no_paired_ratio() -> None:
+    runs = [make_run(4, 0, 4000.0), make_run(16, 0, 1000.0), make_run(16, 1, 1100.0)]
+    (_, sixteen) = consensus.compute_summary(runs)["closed_loop_scaling"]
+    assert sixteen["paired_ratios"] == [0.25]
+    assert consensus.compute_summary([make_run(4, 0, 10.0, mode="open_loop", rate=10.0)])[
+        "closed_loop_scaling"] == []
+
+
+def test_plots_take_each_steps_median_run() -> None:
+    runs = [make_run(4, 0, 4000.0), make_run(4, 1, 5000.0), make_run(4, 2, 4400.0),
+            make_run(4, 3, 4100.0), make_run(16, 0, 1000.0)]
+    chosen = consensus.select_median_runs(runs)
+    # Of four, the lower middle one (4,100 and 4,400): a run that happened, not a mean.
+    assert [(r["validators"], r["repetition"]) for r in chosen] == [(4, 3), (16, 0)]
+
+
+def test_repeat_is_bounded() -> None:
+    assert consensus.parse_args(["--repeat", "3"]).repeat == 3
+    for bad in ("0", str(consensus.REPEAT_MAX + 1)):
+        with pytest.raises(SystemExit):
+            consensus.parse_args(["--repeat", bad])
 
 
 @pytest.mark.parametrize("store", ["leveldb", "memory"])
