@@ -828,6 +828,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"({c['min']:.1f}-{c['max']:.1f}, {step['runs']} runs), "
                      f"p99 median {step['p99_s_median']} s")
     for row in summary["closed_loop_scaling"]:
+        if row["validators"] == row["relative_to_validators"]:
+            continue  # the smallest N against itself: in the JSON, not worth a line
         paired = ", ".join(f"{r:.1%}" for r in row["paired_ratios"])
         ratio = row["ratio_of_medians"]
         lines.append(f"closed loop N={row['validators']} / N={row['relative_to_validators']}: "

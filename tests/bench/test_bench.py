@@ -242,6 +242,7 @@ def test_repeated_steps_are_summarised_by_median_range_and_paired_ratios() -> No
     assert sixteen["paired_ratios"] == [0.275, 0.2, 0.2727]
     text = consensus.format_summary(summary)
     assert "N=16 / N=4: 25.0% of medians; paired by repetition: 27.5%, 20.0%, 27.3%" in text
+    assert "N=4 / N=4" not in text
 
 
 def test_a_repetition_without_the_smallest_n_gives_no_paired_ratio() -> None:
