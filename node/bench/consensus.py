@@ -757,7 +757,7 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
     }
 
 
-# --- plots ---------------------------------------------------------------------------
+# --- repetitions ---------------------------------------------------------------------
 
 
 def get_step_key(run: dict[str, Any]) -> tuple[int, str, float]:
@@ -836,6 +836,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{'-' if ratio is None else f'{ratio:.1%}'} of medians"
                      + (f"; paired by repetition: {paired}" if paired else ""))
     return "\n".join(lines)
+
+
+# --- plots ---------------------------------------------------------------------------
 
 
 def write_plots(report: dict[str, Any], output: Path) -> list[str]:
@@ -1018,6 +1021,7 @@ def main(argv: list[str]) -> int:
         # slows every N alike, and each repetition pairs the N it ran close together.
         for repetition, n in ((r, n) for r in range(args.repeat) for n in args.sizes):
             suffix = "" if args.repeat == 1 else f"-{repetition}"
+            label = f"N={n}" if args.repeat == 1 else f"N={n} (repetition {repetition})"
             directory = root / f"n{n}{suffix}"
             profile = (None if args.profile_node0 is None
                        else args.profile_node0.with_suffix(f".n{n}{suffix}.txt"))
@@ -1038,7 +1042,7 @@ def main(argv: list[str]) -> int:
                     print_run(run)
                     if run["load_ended_s_before_window_end"] > LOAD_ENDED_EARLY_WARNING_S:
                         report["warnings"].append(
-                            f"N={n} {run['mode']}: the load ended "
+                            f"{label} {run['mode']}: the load ended "
                             f"{run['load_ended_s_before_window_end']} s before the window "
                             "did (a closed loop out of pre-signed txs, or an open loop "
                             "skipping accounts behind refused txs); the committed rate "
@@ -1046,7 +1050,7 @@ def main(argv: list[str]) -> int:
                     acc = run["accounting"]
                     if acc["missing"] or acc["unanswered"]:
                         report["failures"].append(
-                            f"N={n} rate={step.rate_per_s}: {acc['missing']} accepted txs "
+                            f"{label} rate={step.rate_per_s}: {acc['missing']} accepted txs "
                             f"never committed, {acc['unanswered']} unanswered")
     finally:
         if not args.keep:
