@@ -726,7 +726,7 @@ class Mempool:
                 self._push_retry(entry, now_ms + self.config.relay_retry_ms)
                 continue
             assert entry.relay_attempts > 0 and entry.relayed_ms >= 0  # only relayed txs
-            wait_ms = int(RETRY_LATENCY_FACTOR * self.commit_latency_ms)
+            wait_ms = self._get_latency_wait_ms()
             if now_ms - entry.relayed_ms < wait_ms:
                 # The chain slowed down after this retry was scheduled: the backoff took
                 # the commit latency of that moment, and a backlog that is still growing
@@ -795,9 +795,14 @@ class Mempool:
         backoff_ms = max(
             min(self.config.relay_retry_ms << min(entry.relay_attempts - 1, 32),
                 self.config.relay_retry_max_ms),
-            int(RETRY_LATENCY_FACTOR * self.commit_latency_ms),
+            self._get_latency_wait_ms(),
         )
         self._push_retry(entry, now_ms + backoff_ms)
+
+    def _get_latency_wait_ms(self) -> int:
+        """The least a relayed local tx waits before a retry: RETRY_LATENCY_FACTOR commit
+        latencies of now (a slow chain is not a lost batch)."""
+        return int(RETRY_LATENCY_FACTOR * self.commit_latency_ms)
 
     def _push_retry(self, entry: _Entry, due_ms: int) -> None:
         """Make ``due_ms`` the entry's one live retry item; earlier items become stale."""
