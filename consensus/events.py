@@ -50,7 +50,18 @@ class BlocksFetched:
     blocks: tuple[FetchedBlock, ...]
 
 
-Event = Receive | Tick | Proposal | BlocksFetched
+@dataclass(frozen=True)
+class SuspectPrimary:
+    """The node's request timer fired: a request this replica holds, valid on the chain,
+    has waited too long for the current primary to propose it (PBFT's request timer;
+    the core does not see requests, the node does). A backup moves to the next view;
+    it takes f+1 such replicas (the rest join them) to replace a primary, so one faulty
+    replica cannot."""
+
+    reason: str = ""
+
+
+Event = Receive | Tick | Proposal | BlocksFetched | SuspectPrimary
 
 # ---- actions --------------------------------------------------------------------------
 

@@ -11,11 +11,13 @@ matching COMMITs (the commit certificate) once every lower seq is delivered.
 Every K blocks replicas sign a checkpoint of the chain (the block digest at that seq,
 which commits to the whole hash chain); a quorum makes it stable, the low watermark
 moves and the log below is dropped. A replica without progress for a timeout (doubling
-per failed attempt, capped) sends VIEW-CHANGE with its stable checkpoint and prepared
-certificates; the new primary's NEW-VIEW carries a quorum of them and re-proposes the
-chain ``compute_new_view_plan`` selects. Catch-up: replicas exchange STATUS heartbeats;
-a replica that stalls behind f+1 peers (or sees a quorum checkpoint it lacks) asks the
-node to fetch blocks, and accepts each only with a valid commit certificate.
+per failed attempt, capped), or told by its node that a valid request waited too long
+(``SuspectPrimary``: a primary that makes progress but censors), sends VIEW-CHANGE
+with its stable checkpoint and prepared certificates; the new primary's NEW-VIEW
+carries a quorum of them and re-proposes the chain ``compute_new_view_plan`` selects.
+Catch-up: replicas exchange STATUS heartbeats; a replica that stalls behind f+1 peers
+(or sees a quorum checkpoint it lacks) asks the node to fetch blocks, and accepts each
+only with a valid commit certificate.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from consensus.events import (
     Receive,
     ReportEvidence,
     Send,
+    SuspectPrimary,
     Tick,
 )
 from consensus.interfaces import Authenticator, BlockValidator
@@ -168,6 +171,8 @@ class Replica:
             self._on_proposal(event)
         elif isinstance(event, BlocksFetched):
             self._on_blocks_fetched(event.blocks)
+        elif isinstance(event, SuspectPrimary):
+            self._on_suspect_primary()
         else:
             raise TypeError(f"unknown event {type(event).__name__}")
         self._check_invariants()
@@ -192,6 +197,11 @@ class Replica:
     @property
     def is_primary(self) -> bool:
         return self.config.get_primary(self.view) == self.me
+
+    @property
+    def is_fetching(self) -> bool:
+        """Catching up: blocks the others committed are on their way here."""
+        return self.fetch is not None
 
     def get_memory_usage(self) -> dict[str, int]:
         return {
@@ -609,6 +619,12 @@ class Replica:
         self._out.append(Persist(vc))
         self._out.append(Broadcast(vc))
         self._check_view_change_quorum()
+
+    def _on_suspect_primary(self) -> None:
+        # A primary never suspects itself, and a replica already changing view has
+        # nothing to add: its own timer escalates (view_change_deadline_tick).
+        if self.active and not self.is_primary:
+            self._start_view_change(self.view + 1)
 
     def _on_view_change(self, vc: ViewChange) -> None:
         if vc.signer == self.me:

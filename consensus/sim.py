@@ -2,7 +2,8 @@
 
 From one seed it draws message loss, delay, duplication and reordering, partitions that
 heal, crashes and restarts (a restarted replica keeps only its persisted records and its
-delivered chain) and Byzantine replicas (equivocating primary, double voter, silent,
+delivered chain), request timers firing at some replicas (``SuspectPrimary``, whether or
+not the primary is at fault) and Byzantine replicas (equivocating primary, double voter, silent,
 malformed messages, replayer). After every step it checks agreement, certificate
 validity, gapless prefix chains, bounded memory and evidence against honest replicas;
 after faults heal it checks liveness. Randomness comes only from ``SeededRng(seed)``.
@@ -30,6 +31,7 @@ from consensus.events import (
     Receive,
     ReportEvidence,
     Send,
+    SuspectPrimary,
     Tick,
 )
 from consensus.messages import (
@@ -97,6 +99,20 @@ class Scenario:
     # Scripted faults: (tick, "crash"|"restart", replica) and (start, end, group) partitions.
     crash_events: tuple[tuple[int, str, int], ...] = ()
     partition_events: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+    # (tick, replicas): their nodes' request timers fire (SuspectPrimary) at that tick.
+    suspicion_events: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+def draw_suspicions(seed: int, n: int, chaos_ticks: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Request timers firing, from a stream of their own so that adding them left every
+    earlier seed's other draws as they were. In some runs f+1 or more replicas suspect at
+    once (the view changes), in others fewer (the view holds and the few catch up)."""
+    rng = SeededRng(seed * 6007 + 29)
+    events = []
+    for _ in range(rng.choice((0, 0, 1, 2))):
+        group = tuple(sorted(rng.sample(range(n), rng.randint(1, n))))
+        events.append((rng.randint(5, chaos_ticks), group))
+    return tuple(sorted(events))
 
 
 def draw_scenario(seed: int, n: int | None = None) -> Scenario:
@@ -142,6 +158,7 @@ def draw_scenario(seed: int, n: int | None = None) -> Scenario:
         crash_events=tuple(sorted(crash_events)),
         check_liveness=not safety_only,
         partition_events=tuple(partition_events),
+        suspicion_events=draw_suspicions(seed, n, chaos),
     )
 
 
@@ -418,6 +435,11 @@ class Simulation:
                 )
                 node.alive = True
                 self._log(f"r{i} RESTART view={node.replica.view} tip={tip and tip[0]}")
+        for t, group in self.sc.suspicion_events:
+            if t == self.now:
+                self._log(f"SUSPECT {group}")
+                for i in group:
+                    self._feed(i, SuspectPrimary("sim"))
         for start, end, group in self.sc.partition_events:
             if start == self.now:
                 self._log(f"PARTITION {group}")

@@ -132,3 +132,35 @@ def test_memory_stays_bounded_on_a_long_run() -> None:
     usage, bounds = replica.get_memory_usage(), replica.get_memory_bounds()
     assert all(usage[k] <= bounds[k] for k in usage) and not sim.violations
     assert replica.low_seq >= replica.last_delivered_seq - 2 * replica.config.window_size
+
+
+def test_f_plus_one_suspicions_replace_the_primary() -> None:
+    """A primary that makes progress but censors: f+1 backups' request timers fire (the
+    node's SuspectPrimary), the other backups join them, and the chain goes on under the
+    next primary. Replica 0 stays honest in the core's eyes: only its proposals' content is
+    at fault, which the core cannot see."""
+    sim = Simulation(Scenario(seed=13, n=4, suspicion_events=((30, (1, 2)),), chaos_ticks=60))
+    for _ in range(29):
+        sim._step()
+    assert {node.replica.view for node in sim.nodes} == {0}
+    height_before = sim._heights()[3]
+    result = sim.run()
+    assert_ok(result)
+    assert all(view >= 1 for view in result.views.values())
+    assert result.heights[3] > height_before + 2
+
+
+def test_fewer_than_f_plus_one_suspicions_keep_the_view() -> None:
+    """One backup's timer (a faulty replica, or a tx only it holds) cannot replace a
+    primary: the others stay in view 0, and the lone replica keeps up by catch-up."""
+    result = run(Scenario(seed=14, n=7, suspicion_events=((30, (1, 2)),), chaos_ticks=60))
+    views = result.views  # type: ignore[attr-defined]
+    assert views[1] >= 1 and views[2] >= 1
+    assert all(views[i] == 0 for i in (0, 3, 4, 5, 6))
+    heights = result.heights  # type: ignore[attr-defined]
+    assert min(heights[1], heights[2]) >= max(heights.values()) - 2
+
+
+def test_a_primary_ignores_suspicion_of_itself() -> None:
+    result = run(Scenario(seed=15, n=4, suspicion_events=((30, (0,)),), chaos_ticks=60))
+    assert set(result.views.values()) == {0}  # type: ignore[attr-defined]
