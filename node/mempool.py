@@ -33,6 +33,12 @@ concurrently, one refused and a later one admitted, did that: the seventh
 session's closed-loop stall); now a gap's filler finds room as long as the
 applicable txs before it leave at each commit.
 
+The request timer (:meth:`Mempool.get_overdue`, PBFT's, checked by the node): the
+oldest pending tx that would apply next on the committed state and has been able to
+for a given wait. A sender's lowest tx can apply from the later of its admission and
+the commit that moved its account to its nonce (kept per sender), so a tx queued
+behind its own sender's backlog, or behind a gap its client left, is not overdue.
+
 Txs from a local client are queued for relay to the other validators;
 :meth:`Mempool.take_relay_batch` takes a bounded batch, framed by
 :func:`encode_tx_batch`. Txs that came from a peer are not relayed again.
@@ -111,6 +117,7 @@ EVICT_EXPIRED = "expired"
 
 _U32 = struct.Struct("<I")
 RETRY_SCAN_FACTOR = 4  # retry items looked at per retry a batch may carry
+OVERDUE_SCAN_MAX = 1024  # oldest entries get_overdue looks at per call
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,15 @@ class MempoolConfig:
         assert 0 < self.relay_retry_ms <= self.relay_retry_max_ms
         assert self.relay_retry_txs_max >= 0
         assert self.backlog_latency_max_ms > 0 and self.backlog_floor_txs > 0
+
+
+@dataclass(frozen=True)
+class OverdueTx:
+    """A pending tx that could have gone in a block for ``waited_ms`` (get_overdue)."""
+
+    tx_hash: bytes
+    tx_bytes: bytes
+    waited_ms: int
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,9 @@ class Mempool:
         self._ready_end: dict[bytes, int] = {}
         self._gapped = [0, 0]  # gapped entries: txs, bytes
         self._gapped_local = [0, 0]  # of which local
+        # Per sender with pending txs: when a commit last moved its account nonce (the
+        # request timer's start for its lowest tx; absent: since that tx's admission).
+        self._head_since_ms: dict[bytes, int] = {}
         self._seq = 0
         self.commit_latency_ms = 0.0  # see _observe_commit_latency
 
@@ -525,6 +544,7 @@ class Mempool:
         if not queue:
             del self._by_sender[sender]
             del self._base_nonce[sender], self._ready_end[sender]
+            self._head_since_ms.pop(sender, None)
             cut = False
         reserved = self._reserved[sender] - entry.cost
         assert reserved >= 0
@@ -569,10 +589,13 @@ class Mempool:
                 self._remove(entry, EVICT_COMMITTED)  # its sender's account is a changed key
         senders = (list(self._by_sender) if changed_keys is None
                    else [schema.get_account_public_key(key) for key in changed_keys])
+        moved_ms = committed_at_ms if committed_at_ms is not None else now_ms
         for sender in senders:
             if sender is None or sender not in self._by_sender:
                 continue
             account_nonce = get_account(state, sender).nonce
+            if moved_ms is not None and account_nonce != self._base_nonce[sender]:
+                self._head_since_ms[sender] = moved_ms
             stale = [e for nonce, e in self._by_sender[sender].items() if nonce < account_nonce]
             for entry in stale:
                 self._remove(entry, EVICT_STALE)
@@ -663,6 +686,36 @@ class Mempool:
                     still_active.append(q)
             active = still_active
         return out
+
+    def get_overdue(
+        self, state: State, now_ms: int, wait_ms: int, since_ms: int,
+        builder: BlockBuilder | None = None,
+    ) -> OverdueTx | None:
+        """The oldest pending tx that would apply next on ``state`` (its nonce is its
+        account's, and it applies on ``builder``, or a throwaway one) and could have since
+        ``wait_ms`` ago: since its admission, since the commit that moved its sender's
+        nonce to it, and since ``since_ms`` (the node passes when the view started).
+
+        Looks at the OVERDUE_SCAN_MAX oldest entries at most, and none at all while the
+        oldest is younger than the wait (the common case: O(1))."""
+        cutoff_ms = now_ms - wait_ms
+        if since_ms > cutoff_ms:
+            return None
+        if builder is None:
+            builder = BlockBuilder(state, self.context, self.signature_cache)
+        for scanned, entry in enumerate(self._by_hash.values()):  # admission order
+            if entry.admitted_ms > cutoff_ms or scanned >= OVERDUE_SCAN_MAX:
+                return None
+            sender = entry.tx.sender
+            if entry.gapped or self._head_since_ms.get(sender, entry.admitted_ms) > cutoff_ms:
+                continue
+            if get_account(state, sender).nonce != entry.tx.nonce:
+                continue  # behind its sender's own lowest pending tx
+            if builder.try_add(entry.tx, entry.tx_hash, entry.tx_bytes) is not None:
+                continue  # cannot apply (e.g. the balance moved): the TTL will take it
+            return OverdueTx(entry.tx_hash, entry.tx_bytes, now_ms - max(
+                entry.admitted_ms, self._head_since_ms.get(sender, entry.admitted_ms)))
+        return None
 
     # --- relay -------------------------------------------------------------------
 

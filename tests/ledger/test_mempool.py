@@ -400,3 +400,62 @@ def test_clients_are_refused_before_the_signature_check_while_the_chain_is_backl
     # A peer's relay is still taken (refusing it would leave a nonce gap here).
     assert pool.admit(make_transfer(0, 1, 1, 1), state, 100_000, SOURCE_PEER).ok
     assert pool.get_metrics()["mempool_rejected_full"] == 1
+
+
+# --- the request timer (get_overdue) --------------------------------------------------
+
+WAIT_MS = 1_000
+
+
+def test_a_tx_that_can_apply_is_overdue_after_the_wait_and_not_before() -> None:
+    pool = make_pool()
+    tx = make_transfer(0, 0, 1, 10)
+    assert pool.admit(tx, STATE, 500, SOURCE_PEER).ok
+    assert pool.get_overdue(STATE, 500 + WAIT_MS - 1, WAIT_MS, 0) is None
+    overdue = pool.get_overdue(STATE, 500 + WAIT_MS + 7, WAIT_MS, 0)
+    assert overdue is not None
+    assert (overdue.tx_hash, overdue.tx_bytes, overdue.waited_ms) == (
+        get_tx_hash(tx), tx, WAIT_MS + 7)
+    # Not before the view started a whole wait ago.
+    assert pool.get_overdue(STATE, 500 + WAIT_MS + 7, WAIT_MS, 600) is None
+
+
+def test_a_tx_behind_its_senders_own_txs_waits_from_the_commit_before_it() -> None:
+    """A client 3 nonces ahead of the chain: its third tx is not overdue while the first
+    two commit one block at a time; its timer starts when the second commits."""
+    pool = make_pool()
+    txs = [make_transfer(0, nonce, 1, 1) for nonce in range(3)]
+    for tx in txs:
+        assert pool.admit(tx, STATE, 0, SOURCE_PEER).ok
+    state = STATE
+    for step, tx in enumerate(txs[:2], start=1):
+        applied = build_block(state, [tx], CONTEXT, 0, 0, 2000, pool.signature_cache).applied
+        state = applied.state
+        pool.update(state, applied.tx_hashes, committed_at_ms=step * 5_000)
+    assert pool.get_overdue(state, 10_000 + WAIT_MS - 1, WAIT_MS, 0) is None
+    overdue = pool.get_overdue(state, 10_000 + WAIT_MS, WAIT_MS, 0)
+    assert overdue is not None and overdue.tx_hash == get_tx_hash(txs[2])
+
+
+def test_gapped_txs_and_txs_behind_a_pending_one_are_never_overdue() -> None:
+    pool = make_pool()
+    gapped = make_transfer(1, 2, 0, 1)  # nonces 0 and 1 of sender 1 never came
+    assert pool.admit(gapped, STATE, 0, SOURCE_PEER).ok
+    assert pool.get_overdue(STATE, 60_000, WAIT_MS, 0) is None
+    first, second = make_transfer(0, 0, 1, 1), make_transfer(0, 1, 1, 1)
+    assert pool.admit(first, STATE, 10, SOURCE_PEER).ok
+    assert pool.admit(second, STATE, 20, SOURCE_PEER).ok
+    overdue = pool.get_overdue(STATE, 60_000, WAIT_MS, 0)
+    assert overdue is not None and overdue.tx_hash == get_tx_hash(first)
+
+
+def test_a_tx_that_no_longer_applies_is_not_overdue() -> None:
+    """Sender 3 holds 50: its pending transfer of 45 applied when admitted, but another
+    of its txs (one this pool did not hold) spent the balance."""
+    pool = make_pool()
+    assert pool.admit(make_transfer(3, 1, 1, 45), STATE, 0, SOURCE_PEER).ok
+    other = build_block(STATE, [make_transfer(3, 0, 1, 45)], CONTEXT, 0, 0, 2000).applied
+    pool.update(other.state, other.tx_hashes, committed_at_ms=0)
+    assert pool.get_pending_nonces(KEYS[3].public_key) == [1]  # now next, not gapped
+    assert pool.get_overdue(other.state, 60_000, WAIT_MS, 0) is None
+    assert len(pool) == 1  # the TTL takes it, not the timer
