@@ -64,6 +64,7 @@ from consensus.events import (
     Receive,
     ReportEvidence,
     Send,
+    SuspectPrimary,
     Tick,
 )
 from consensus.messages import (
@@ -449,6 +450,13 @@ class Driver:
         self.drops: dict[str, int] = {}
         self.view_changes_total = 0
         self.last_view = self.replica.view
+        self.request_timeout_ms = (config.consensus.request_timeout_ticks
+                                   * config.consensus.tick_ms)
+        self.request_timeouts_total = 0
+        # When this replica last entered a view or became active in it: the request timer
+        # gives each primary the full timeout from then (see _check_request_timer).
+        self.last_view_state = (self.replica.view, self.replica.active)
+        self.view_started_ms = wall_ms()
         self.blocks_committed_total = 0
         self.txs_committed_total = 0
         self.proposals_total = 0
@@ -657,6 +665,9 @@ class Driver:
     # --- proposals ---------------------------------------------------------------------
 
     def _after_handle(self) -> None:
+        if (self.replica.view, self.replica.active) != self.last_view_state:
+            self.last_view_state = (self.replica.view, self.replica.active)
+            self.view_started_ms = self.wall_ms()
         if self.replica.view != self.last_view:
             self.view_changes_total += max(0, self.replica.view - self.last_view)
             self.last_view = self.replica.view
@@ -762,7 +773,34 @@ class Driver:
         self.ticks += 1
         if self.ticks % MEMPOOL_EXPIRY_TICKS == 0:
             self.mempool.evict_expired(self.wall_ms())
+            self._check_request_timer()
         self.handle(Tick())
+
+    def _check_request_timer(self) -> None:
+        """PBFT's request timer, for a primary that keeps the chain moving but leaves out a
+        tx (censors): the core's progress timer never fires then. A backup whose pool holds
+        a tx that would apply next on the committed state and has waited
+        ``request_timeout_ms`` (Mempool.get_overdue) sends it to every validator, so their
+        timers start for it too (with relay to the primary only, they may never have seen
+        it), and tells the core, which moves to the next view. One replica alone cannot
+        replace a primary: f+1 must (the rest join them), and each gives a new primary the
+        whole timeout from when its view started."""
+        if (self.request_timeout_ms == 0 or not self.replica.active or self.replica.is_primary
+                or self.replica.is_fetching):
+            return
+        builder = BlockBuilder(self.state, self.context, self.mempool.signature_cache)
+        overdue = self.mempool.get_overdue(
+            self.state, self.wall_ms(), self.request_timeout_ms, self.view_started_ms, builder)
+        if overdue is None:
+            return
+        self.request_timeouts_total += 1
+        primary = self.replica_config.get_primary(self.replica.view)
+        logger.warning(
+            "tx %s could have gone in a block for %.1f s and validator %d, primary of view %d, "
+            "has not proposed it: sending it to every validator and voting to change view",
+            overdue.tx_hash.hex()[:16], overdue.waited_ms / 1000, primary, self.replica.view)
+        self.network.broadcast(encode_tx_batch([overdue.tx_bytes]), TrafficClass.TRANSACTIONS)
+        self.handle(SuspectPrimary(f"tx {overdue.tx_hash.hex()} waited {overdue.waited_ms} ms"))
 
     def get_ticks_until_due(self) -> int:
         """Ticks until one may do something here (at least 1): the replica's next timer,
@@ -999,6 +1037,7 @@ class Driver:
                 "bcfl_evidence_txs_accepted_total": float(self.evidence_reports.get("accepted", 0)),
                 "bcfl_halted": 1.0 if self.halted else 0.0,
                 "bcfl_proposals_total": float(self.proposals_total),
+                "bcfl_request_timeouts_total": float(self.request_timeouts_total),
                 "bcfl_stash_messages": float(usage["stash"]),
                 "bcfl_checked_blocks_cached": float(len(self.checker)),
                 "bcfl_stateless_block_checks_total": float(self.checker.stateless_checks),

@@ -88,12 +88,13 @@ class FakeNetwork:
 
 
 class Cluster:
-    def __init__(self, n: int = 4, relay: str = RELAY_PRIMARY, ticks: str = "every") -> None:
+    def __init__(self, n: int = 4, relay: str = RELAY_PRIMARY, ticks: str = "every",
+                 config: Config | None = None) -> None:
         assert ticks in ("every", "catch_up")
         self.ticks = ticks
         self.wakes = 0  # catch_up: the times a driver was woken for its ticks
         self.genesis = make_genesis(n)
-        self.config = make_config(relay)
+        self.config = make_config(relay) if config is None else config
         self.now = 100.0
         self.queue: deque[tuple[int, int, bytes, TrafficClass]] = deque()
         self.stores = [MemoryStore() for _ in range(n)]
