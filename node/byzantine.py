@@ -11,7 +11,10 @@ How the Byzantine modes work. The driver hands every list of actions to
 driver's path is unchanged). The rewrite replaces or adds signed consensus messages
 (signed with this validator's own key, so peers can only catch it, not reject it as
 forged), and sends raw frames (garbage, replays, transaction floods) straight to the
-network, at a bounded rate measured on the driver's clock.
+network, at a bounded rate measured on the driver's clock. One mode acts before there is
+an action: a censoring primary (``censors_txs``) has the driver propose its blocks
+without reaping, so it keeps the chain moving with empty blocks and leaves every tx out,
+which only the backups' request timers can see.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ MODE_INVALID_BLOCK = "invalid_block"
 MODE_GARBAGE = "garbage"
 MODE_REPLAY = "replay"
 MODE_FLOOD = "flood"
+MODE_CENSOR = "censor"  # as primary, proposes empty blocks only: the chain moves, no tx does
 MODES = (MODE_EQUIVOCATE, MODE_DOUBLE_VOTE, MODE_INVALID_BLOCK, MODE_GARBAGE, MODE_REPLAY,
-         MODE_FLOOD)
+         MODE_FLOOD, MODE_CENSOR)
 
 NOISE_INTERVAL_S = 0.1
 GARBAGE_FRAMES_PER_BURST = 4
@@ -93,6 +97,10 @@ class Byzantine:
         self.flood_nonce = 0
         self.flood_key = KeyPair.from_seed(self.rng.randbytes(32))
         self.rewrites_total = 0
+
+    @property
+    def censors_txs(self) -> bool:
+        return self.mode == MODE_CENSOR
 
     def rewrite(self, actions: list[Action], network: RawNetwork) -> list[Action]:
         out: list[Action] = []

@@ -225,6 +225,9 @@ class ActionRewriter(Protocol):
 
     def rewrite(self, actions: list[Action], network: Any) -> list[Action]: ...
 
+    @property
+    def censors_txs(self) -> bool: ...
+
 
 class Network(Protocol):
     """What the driver needs from the transport (a fake in unit tests)."""
@@ -711,9 +714,12 @@ class Driver:
         builder = BlockBuilder(
             parent_state, self.context, self.mempool.signature_cache, self.index, self.wall_ms()
         )
-        txs = self.mempool.reap(
-            self.block_txs_max, self.block_size_max_bytes - 4096, parent_state, builder
-        )
+        if self.byzantine is not None and self.byzantine.censors_txs:
+            txs: list[bytes] = []  # bcfl e2e's censoring primary: blocks, never a tx
+        else:
+            txs = self.mempool.reap(
+                self.block_txs_max, self.block_size_max_bytes - 4096, parent_state, builder
+            )
         if not txs and not empty_due:
             self.next_build_check = now + self.build_interval_s
             self._defer_full_reap(slot, 0)

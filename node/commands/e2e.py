@@ -29,6 +29,7 @@ from node.e2e.hosts import (
     get_namespace_unavailable_reason,
 )
 from node.e2e.manifest import (
+    CENSOR_REQUEST_TIMEOUT_TICKS,
     Manifest,
     ManifestError,
     Perturbation,
@@ -57,6 +58,10 @@ def get_suite() -> list[Manifest]:
         )),
         Manifest("byzantine-noise", duration_s=10, byzantine={1: "double_vote"},
                  perturbations=(Perturbation(2.0, "kill", (2,), 2.0),)),
+        # The primary of view 0 proposes empty blocks only: the chain moves, no tx does,
+        # until the backups' request timers replace it.
+        Manifest("byzantine-censor", duration_s=10, byzantine={0: "censor"},
+                 consensus={"request_timeout_ticks": CENSOR_REQUEST_TIMEOUT_TICKS}),
     ]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.byzantine import MODES
+from node.byzantine import MODE_CENSOR, MODES
 
 KIND_KILL = "kill"          # SIGKILL, restart after duration_s
 KIND_PAUSE = "pause"        # SIGSTOP, SIGCONT after duration_s
@@ -36,7 +36,11 @@ KIND_LOSSY = "lossy"        # lose a fraction of frames on nodes' links (fault l
 KIND_DEAFEN = "deafen"      # one-way: peers' frames to nodes are lost, theirs still go out
 KINDS = (KIND_KILL, KIND_PAUSE, KIND_WIPE, KIND_ISOLATE, KIND_SPLIT, KIND_SLOW, KIND_LOSSY,
          KIND_DEAFEN)
-CONSENSUS_KEYS = ("view_change_timeout_ticks", "window", "checkpoint_interval")
+CONSENSUS_KEYS = ("view_change_timeout_ticks", "window", "checkpoint_interval",
+                  "request_timeout_ticks")
+# A censoring primary is replaced only by the request timer (30 s by default): scenarios
+# with one run it at 3 s, twice the e2e view-change timeout.
+CENSOR_REQUEST_TIMEOUT_TICKS = 60
 PERTURBATIONS_MAX = 64
 VALIDATORS_MAX = 16
 DURATION_MAX_S = 3600.0
@@ -174,6 +178,8 @@ def generate_manifest(seed: int, duration_s: float = 20.0) -> Manifest:
             round(t, 2), kind, nodes, round(length, 2), loss=round(rng.uniform(0.05, 0.3), 2),
             delay_s=round(rng.uniform(0.01, 0.1), 3)))
         t += length + rng.uniform(0.5, 2.0)  # one fault at a time
+    consensus = ({"request_timeout_ticks": CENSOR_REQUEST_TIMEOUT_TICKS}
+                 if MODE_CENSOR in byzantine.values() else {})
     return Manifest(name=f"random-{seed}", validators=n, duration_s=duration_s,
-                    load_tx_per_s=20.0, byzantine=byzantine,
+                    load_tx_per_s=20.0, byzantine=byzantine, consensus=consensus,
                     perturbations=tuple(perturbations))

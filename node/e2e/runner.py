@@ -16,7 +16,8 @@ Checks, black box, after the run (each failure is a violation in the report):
 - agreement: every honest validator reports the same block hash at every common height;
 - durability: every transfer once reported committed is committed on every honest node;
 - recovery: after the last fault heals, every honest node commits past the highest height
-  seen at the heal within ``recovery_max_s`` (the time taken is reported);
+  seen at the heal within ``recovery_max_s`` (the time taken is reported), and a transfer
+  of the load commits within it too (a censoring primary makes blocks, not progress);
 - no crash: every process is alive unless the scenario killed it, and no log has a
   traceback; no honest node halted;
 - evidence: a Byzantine equivocator (``equivocate``/``double_vote``) shows up in an honest
@@ -74,6 +75,7 @@ CONVERGE_TIMEOUT_S = 30.0
 EVIDENCE_WAIT_S = 15.0
 RESTART_WAIT_MAX_S = 30.0
 EVIDENCE_RE = re.compile(r"evidence of equivocation by validator (\d+)")
+REQUEST_TIMEOUT_RE = re.compile(r"validator (\d+), primary of view \d+, has not proposed it")
 EQUIVOCATING_MODES = ("equivocate", "double_vote")
 # Fast timers so a scenario fits in seconds: 50 ms ticks, a view change after 1.5 s.
 CONSENSUS = ConsensusConfig(tick_ms=50, propose_timeout_ticks=10, view_change_timeout_ticks=30,
@@ -96,6 +98,8 @@ class Result:
     evidence_against: dict[int, int] = field(default_factory=dict)
     evidence_on_chain: dict[int, int] = field(default_factory=dict)
     evidence_source: dict[int, str] = field(default_factory=dict)  # offender -> chain/log
+    # primary -> request timers fired against it at honest nodes (log lines)
+    request_timeouts_against: dict[int, int] = field(default_factory=dict)
     wall_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +108,8 @@ class Result:
         data["evidence_against"] = {str(k): v for k, v in self.evidence_against.items()}
         data["evidence_on_chain"] = {str(k): v for k, v in self.evidence_on_chain.items()}
         data["evidence_source"] = {str(k): v for k, v in self.evidence_source.items()}
+        data["request_timeouts_against"] = {
+            str(k): v for k, v in self.request_timeouts_against.items()}
         return data
 
 
@@ -227,6 +233,7 @@ class Load:
         self.outstanding: dict[int, tuple[bytes, str, float, int]] = {}  # acct -> tx
         self.submitted: set[str] = set()
         self.committed: dict[str, int] = {}  # tx hash -> height first reported
+        self.commits_seen = 0  # grows in the load's thread; read by _check_tx_liveness
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.turn = 0
@@ -259,6 +266,7 @@ class Load:
                 status = {}
             if status.get("status") == "committed":
                 self.committed[tx_hash] = int(status["height"])
+                self.commits_seen += 1
                 del self.outstanding[account]
                 self.nonces[account] += 1
             elif now - sent_at > RESUBMIT_AFTER_S:
@@ -412,6 +420,7 @@ def run_scenario(manifest: Manifest, hosts: Hosts, workdir: Path, base_port: int
         for line in timeline.log:
             echo(f"  {line}")
         _check_recovery(result, cluster, honest, manifest)
+        _check_tx_liveness(result, load, manifest)
         remaining = t0 + manifest.duration_s - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
@@ -456,6 +465,18 @@ def _check_recovery(result: Result, cluster: Cluster, honest: list[int],
             f"liveness: honest nodes did not all reach height {target} within "
             f"{manifest.recovery_max_s:.0f} s of the last heal "
             f"(heights {_get_heights(cluster, honest)})")
+
+
+def _check_tx_liveness(result: Result, load: Load, manifest: Manifest) -> None:
+    """Heights alone miss a primary that keeps the chain moving with blocks that leave
+    every tx out (bcfl start --byzantine censor): a transfer must commit too."""
+    if not load.interval_s:
+        return
+    seen = load.commits_seen
+    if not wait_until(lambda: load.commits_seen > seen, manifest.recovery_max_s):
+        result.violations.append(
+            f"liveness: no transfer committed within {manifest.recovery_max_s:.0f} s of the "
+            f"last heal ({len(load.outstanding)} outstanding)")
 
 
 def _check_converged(result: Result, cluster: Cluster, honest: list[int]) -> None:
@@ -548,6 +569,10 @@ def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
         for match in EVIDENCE_RE.finditer(log):
             signer = int(match.group(1))
             evidence[signer] = evidence.get(signer, 0) + 1
+        for match in REQUEST_TIMEOUT_RE.finditer(log):
+            primary = int(match.group(1))
+            timeouts = result.request_timeouts_against
+            timeouts[primary] = timeouts.get(primary, 0) + 1
     result.evidence_against = evidence
     for signer in evidence:
         if signer not in manifest.byzantine:

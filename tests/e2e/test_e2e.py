@@ -55,6 +55,8 @@ def test_suite_scenario_passes(manifest: Manifest, tmp_path: Path) -> None:
     for signer, mode in manifest.byzantine.items():
         if mode in ("equivocate", "double_vote"):
             assert result.evidence_against.get(signer, 0) > 0
+        if mode == "censor":  # replaced by request timers, not by the progress timer
+            assert result.request_timeouts_against.get(signer, 0) >= 2  # f+1 at n = 4
 
 
 @pytest.mark.slow
@@ -97,6 +99,10 @@ def test_random_manifests_are_seeded_and_keep_f_faults() -> None:
         ends = [(p.at_s, p.at_s + p.duration_s) for p in manifest.perturbations]
         pairs = zip(ends, ends[1:], strict=False)
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in pairs)
+        # A censoring validator is replaced only by request timers: short ones in its runs.
+        censors = "censor" in manifest.byzantine.values()
+        assert ("request_timeout_ticks" in manifest.consensus) == censors
+    assert any("censor" in generate_manifest(seed).byzantine.values() for seed in range(50))
 
 
 def test_fault_file_round_trip_and_garbage(tmp_path: Path) -> None:
