@@ -199,6 +199,10 @@ TX_BATCH_WAIT_YIELDS_MAX = 64
 # Txs admitted between two looks at the consensus queue: ~50 signature checks, a few ms.
 ADMIT_CHUNK_TXS = 50
 MEMPOOL_EXPIRY_TICKS = 20
+# The request timer waits at least this many of this node's local txs' commit latencies
+# (Mempool.commit_latency_ms): an honest primary draining a full pool on a slow machine
+# keeps every tx waiting long, while a censored one waits far longer than the rest.
+REQUEST_TIMEOUT_LATENCY_FACTOR = 3
 # A wake-up timed for a tick boundary may read the clock a little before it (float
 # rounding, trio's clock against Driver.clock): within this fraction of a tick is on time.
 TICK_EPSILON = 1e-3
@@ -790,13 +794,16 @@ class Driver:
         timers start for it too (with relay to the primary only, they may never have seen
         it), and tells the core, which moves to the next view. One replica alone cannot
         replace a primary: f+1 must (the rest join them), and each gives a new primary the
-        whole timeout from when its view started."""
+        whole timeout from when its view started. Under a slow, honest backlog the wait
+        stretches to REQUEST_TIMEOUT_LATENCY_FACTOR commit latencies."""
         if (self.request_timeout_ms == 0 or not self.replica.active or self.replica.is_primary
                 or self.replica.is_fetching):
             return
+        wait_ms = max(self.request_timeout_ms,
+                      int(REQUEST_TIMEOUT_LATENCY_FACTOR * self.mempool.commit_latency_ms))
         builder = BlockBuilder(self.state, self.context, self.mempool.signature_cache)
         overdue = self.mempool.get_overdue(
-            self.state, self.wall_ms(), self.request_timeout_ms, self.view_started_ms, builder)
+            self.state, self.wall_ms(), wait_ms, self.view_started_ms, builder)
         if overdue is None:
             return
         self.request_timeouts_total += 1

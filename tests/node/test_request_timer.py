@@ -90,6 +90,34 @@ def test_without_the_timer_a_censoring_primary_keeps_its_view_and_the_tx_waits()
     assert cluster.drivers[2].state.height >= 20
 
 
+def test_the_wait_stretches_to_three_commit_latencies_of_a_slow_chain() -> None:
+    """An honest primary draining a backlog keeps every tx waiting long: a backup whose
+    local txs took 10 s each to commit waits three such latencies (30 s) for a tx, not
+    the 2 s timeout. The origin, with no other txs to update its estimate, fires at 30 s;
+    validator 3, whose own txs commit fast, joins it 2 s after the broadcast."""
+    cluster = make_cluster(REQUEST_TIMEOUT_TICKS)
+    censored = transfer(1, 0)
+    censor_at_primary(cluster, censored)
+    for driver in cluster.drivers:
+        driver.mempool.commit_latency_ms = 10_000.0
+    assert cluster.drivers[1].submit_tx(censored).status == "accepted"
+    submitted_s = cluster.now
+    fired_s = committed_s = None
+    nonces = itertools.count()
+    for step in range(1, 1_000):
+        if step % 4 == 0:
+            assert cluster.drivers[3].submit_tx(transfer(2, next(nonces))).status == "accepted"
+        cluster.step()
+        if fired_s is None and cluster.drivers[1].request_timeouts_total:
+            fired_s = cluster.now - submitted_s
+        if is_committed(cluster, censored):
+            committed_s = cluster.now - submitted_s
+            break
+    assert fired_s is not None and 29.9 <= fired_s <= 31.5
+    assert committed_s is not None and committed_s > fired_s
+    assert cluster.drivers[3].request_timeouts_total >= 1
+
+
 def test_a_healthy_busy_chain_never_times_a_request_out() -> None:
     """Txs committing all along, and a client's tx waiting behind a nonce gap it left
     for longer than the timeout: neither is a primary's fault."""
