@@ -2,11 +2,11 @@
 
 From one seed it draws message loss, delay, duplication and reordering, partitions that
 heal, crashes and restarts (a restarted replica keeps only its persisted records and its
-delivered chain), request timers firing at some replicas (``SuspectPrimary``, whether or
-not the primary is at fault) and Byzantine replicas (equivocating primary, double voter, silent,
-malformed messages, replayer). After every step it checks agreement, certificate
-validity, gapless prefix chains, bounded memory and evidence against honest replicas;
-after faults heal it checks liveness. Randomness comes only from ``SeededRng(seed)``.
+delivered chain), request timers firing at some replicas (``SuspectPrimary``, whether
+or not the primary is at fault) and Byzantine replicas (equivocating primary, double
+voter, silent, malformed messages, replayer). After every step it checks agreement,
+certificate validity, gapless prefix chains, bounded memory and evidence against honest
+replicas; after faults heal it checks liveness. Randomness comes only from ``SeededRng(seed)``.
 """
 
 from __future__ import annotations
