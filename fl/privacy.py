@@ -18,11 +18,19 @@ within ~1e-16 relative of a micro boundary (documented in docs/fl.md).
 The budget check (the chain's job) composes the whole history of an
 institution: ``compute_composed_epsilon_micro(history + [new], delta) <=
 budget``, which is tighter than adding per-delta epsilons.
+
+For some (z, q) the accountant cannot evaluate a few fractional Renyi orders
+below 2 and drops them, logging an absl WARNING per order per call ("failed to
+converge ... Excluding this order"): epsilon is then the minimum over the other
+orders, still an upper bound. A validator computes epsilons on every learning
+block, so those lines buried the node's own log; ``_DropExcludedOrderNotices``
+drops exactly them and nothing else from the ``absl`` logger.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Sequence
 
@@ -40,6 +48,19 @@ EPSILON_MICRO_MAX = 10**15  # larger values are reported as an error, not stored
 COMPOSED_CACHE_ENTRIES = 1024
 
 FloatArray = npt.NDArray[np.float64]
+EXCLUDED_ORDER_NOTICE = "Excluding this order from the epsilon computation"
+
+
+class _DropExcludedOrderNotices(logging.Filter):
+    """See the module docstring: the accountant's notice that it skipped an order."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return EXCLUDED_ORDER_NOTICE not in record.getMessage()
+
+
+_ABSL_LOGGER = logging.getLogger("absl")
+if not any(isinstance(f, _DropExcludedOrderNotices) for f in _ABSL_LOGGER.filters):
+    _ABSL_LOGGER.addFilter(_DropExcludedOrderNotices())
 
 
 class PrivacyInputError(ValueError):

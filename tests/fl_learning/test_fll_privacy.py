@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import dp_accounting
@@ -37,6 +38,19 @@ def test_epsilon_matches_dp_accounting_rounded_up() -> None:
     got = compute_epsilon_micro(1.1, 0.01, 1000, DELTA)
     assert got == math.ceil(eps * 1e6) and got / 1e6 >= eps
     assert 1.0 < eps < 3.0  # the well-known regime: z = 1.1, q = 0.01, 1000 steps
+
+
+def test_orders_the_accountant_skips_are_not_logged_and_the_value_is_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """z = 1, q = 0.1: dp_accounting drops orders 1.1-1.5 with an absl WARNING each (a
+    validator logged them for every learning block). The notices go; the value is the
+    accountant's, and other absl warnings still get through."""
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        got = compute_epsilon_micro(1.0, 0.1, 7, DELTA)
+        logging.getLogger("absl").warning("something else")
+    assert got == math.ceil(_direct([_sgd(1.0, 0.1, 7)]) * 1e6)
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["something else"]
 
 
 def test_epsilon_monotone_in_steps_noise_and_sampling() -> None:
