@@ -43,7 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.byzantine import ENV_BYZANTINE, ENV_FAULT_FILE, ENV_SKIP_PERSIST, MODES
+from node.byzantine import (
+    ENV_BYZANTINE,
+    ENV_FAULT_FILE,
+    ENV_SKIP_PERSIST,
+    FIRST_REWRITE_LOG,
+    MODES,
+)
 from node.client import Client, ClientError, get_tx_hash_hex, make_transfer
 from node.commands import testnet
 from node.commands._common import get_config_path
@@ -75,6 +81,7 @@ CONVERGE_TIMEOUT_S = 30.0
 EVIDENCE_WAIT_S = 15.0
 RESTART_WAIT_MAX_S = 30.0
 EVIDENCE_RE = re.compile(r"evidence of equivocation by validator (\d+)")
+FIRST_REWRITE_RE = re.compile(re.escape(FIRST_REWRITE_LOG).replace("%s", r"\w+"))
 REQUEST_TIMEOUT_RE = re.compile(r"validator (\d+), primary of view \d+, has not proposed it")
 EQUIVOCATING_MODES = ("equivocate", "double_vote")
 # Fast timers so a scenario fits in seconds: 50 ms ticks, a view change after 1.5 s.
@@ -540,7 +547,7 @@ def _check_chain_evidence(
     result: Result, cluster: Cluster, honest: list[int], manifest: Manifest
 ) -> None:
     """Wait (bounded) until every equivocator is on chain; the log check is the fallback."""
-    wanted = {s for s, mode in manifest.byzantine.items() if mode in EQUIVOCATING_MODES}
+    wanted = _get_equivocators(cluster, manifest)
     deadline = time.monotonic() + (EVIDENCE_WAIT_S if wanted else 0.0)
     counts = _read_chain_evidence(cluster, honest)
     while not wanted <= set(counts) and time.monotonic() < deadline:
@@ -550,6 +557,13 @@ def _check_chain_evidence(
     for offender in counts:
         if offender not in manifest.byzantine:
             result.violations.append(f"evidence on chain against honest validator {offender}")
+
+
+def _get_equivocators(cluster: Cluster, manifest: Manifest) -> set[int]:
+    """Validators in an equivocating mode that did equivocate: their own log says so. An
+    ``equivocate`` validator that is never primary has nothing to equivocate about."""
+    return {i for i, mode in manifest.byzantine.items()
+            if mode in EQUIVOCATING_MODES and FIRST_REWRITE_RE.search(cluster.get_log(i))}
 
 
 def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
@@ -578,10 +592,13 @@ def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
         if signer not in manifest.byzantine:
             result.violations.append(f"evidence against honest validator {signer} "
                                      f"({evidence[signer]} reports)")
+    equivocators = _get_equivocators(cluster, manifest)
     for signer, mode in manifest.byzantine.items():
         if mode not in EQUIVOCATING_MODES:
             continue
-        if result.evidence_on_chain.get(signer):
+        if signer not in equivocators:
+            result.evidence_source[signer] = "none: it never equivocated"
+        elif result.evidence_on_chain.get(signer):
             result.evidence_source[signer] = "chain"
         elif evidence.get(signer):
             result.evidence_source[signer] = "log"

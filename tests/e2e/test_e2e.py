@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from node.byzantine import ENV_BYZANTINE, read_fault_file, write_fault_file
+from consensus.events import Broadcast
+from consensus.messages import PHASE_PREPARE, Vote
+from node.byzantine import ENV_BYZANTINE, Byzantine, read_fault_file, write_fault_file
 from node.client import ClientError
 from node.commands.e2e import get_broken_build_manifest, get_suite, make_hosts
 from node.e2e.hosts import NamespaceHosts
@@ -26,7 +28,7 @@ from node.e2e.manifest import (
     generate_manifest,
     parse_manifest,
 )
-from node.e2e.runner import Result, Timeline, run_scenario
+from node.e2e.runner import FIRST_REWRITE_RE, Result, Timeline, run_scenario
 from tests.ports import find_free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,3 +175,26 @@ def test_a_restart_holds_the_timeline_until_the_node_answers() -> None:
     timeline.run((Perturbation(0.0, "deafen", (0,), 0.05), Perturbation(0.0, "kill", (0,), 0.01)))
     assert cluster.events == ["deaf 0", "kill 0", "start 0", "answered 0", "hears 0"]
     assert timeline.errors == [] and any("held" in line for line in timeline.log)
+
+
+def test_a_byzantine_node_logs_its_first_rewrite_once_and_the_runner_reads_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The runner asks for evidence only against an equivocator whose log shows it
+    equivocated (an ``equivocate`` validator that is never primary never does)."""
+    class Signer:
+        def sign(self, body: object) -> bytes:
+            return b"s" * 64
+
+    class Network:
+        def send(self, to_index: int, frame: bytes, traffic: object = None) -> bool:
+            return True
+
+    node = Byzantine("double_vote", 1, 4, Signer(), "chain", clock=lambda: 0.0)
+    vote = Vote(PHASE_PREPARE, 0, 1, b"\x01" * 32, 1, b"s" * 64)
+    with caplog.at_level("WARNING", logger="node.byzantine"):
+        assert FIRST_REWRITE_RE.search(caplog.text) is None
+        for _ in range(3):
+            assert len(node.rewrite([Broadcast(vote)], Network())) == 2
+    assert node.rewrites_total == 3
+    assert len(FIRST_REWRITE_RE.findall(caplog.text)) == 1
