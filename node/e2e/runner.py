@@ -22,10 +22,11 @@ Checks, black box, after the run (each failure is a violation in the report):
   traceback; no honest node halted;
 - evidence: a Byzantine equivocator (``equivocate``/``double_vote``) that did equivocate
   (its own log has its first rewrite; an ``equivocate`` validator that is never primary
-  has nothing to equivocate about) shows up in an honest node's ``GET /v1/evidence`` (evidence on chain) within ``EVIDENCE_WAIT_S``; failing that,
-  in some honest node's log (``evidence of equivocation by validator i``), the fallback.
-  ``evidence_source`` in the result says which fired per offender. No honest validator is
-  ever named in evidence, on chain or in a log.
+  has nothing to equivocate about) shows up in an honest node's ``GET /v1/evidence``
+  (evidence on chain) within ``EVIDENCE_WAIT_S``; failing that, in some honest node's log
+  (``evidence of equivocation by validator i``), the fallback. ``evidence_source`` in the
+  result says which fired per offender. No honest validator is ever named in evidence,
+  on chain or in a log.
 """
 
 from __future__ import annotations
