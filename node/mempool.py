@@ -688,11 +688,10 @@ class Mempool:
         return out
 
     def get_overdue(
-        self, state: State, now_ms: int, wait_ms: int, since_ms: int,
-        builder: BlockBuilder | None = None,
+        self, state: State, now_ms: int, wait_ms: int, since_ms: int
     ) -> OverdueTx | None:
         """The oldest pending tx that would apply next on ``state`` (its nonce is its
-        account's, and it applies on ``builder``, or a throwaway one) and could have since
+        account's, and it applies on a block builder of ``state``) and could have since
         ``wait_ms`` ago: since its admission, since the commit that moved its sender's
         nonce to it, and since ``since_ms`` (the node passes when the view started).
 
@@ -701,20 +700,21 @@ class Mempool:
         cutoff_ms = now_ms - wait_ms
         if since_ms > cutoff_ms:
             return None
-        if builder is None:
-            builder = BlockBuilder(state, self.context, self.signature_cache)
+        builder: BlockBuilder | None = None  # made for the first candidate only
         for scanned, entry in enumerate(self._by_hash.values()):  # admission order
             if entry.admitted_ms > cutoff_ms or scanned >= OVERDUE_SCAN_MAX:
                 return None
             sender = entry.tx.sender
-            if entry.gapped or self._head_since_ms.get(sender, entry.admitted_ms) > cutoff_ms:
+            ready_ms = max(entry.admitted_ms, self._head_since_ms.get(sender, 0))
+            if entry.gapped or ready_ms > cutoff_ms:
                 continue
             if get_account(state, sender).nonce != entry.tx.nonce:
                 continue  # behind its sender's own lowest pending tx
+            if builder is None:
+                builder = BlockBuilder(state, self.context, self.signature_cache)
             if builder.try_add(entry.tx, entry.tx_hash, entry.tx_bytes) is not None:
                 continue  # cannot apply (e.g. the balance moved): the TTL will take it
-            return OverdueTx(entry.tx_hash, entry.tx_bytes, now_ms - max(
-                entry.admitted_ms, self._head_since_ms.get(sender, entry.admitted_ms)))
+            return OverdueTx(entry.tx_hash, entry.tx_bytes, now_ms - ready_ms)
         return None
 
     # --- relay -------------------------------------------------------------------

@@ -456,12 +456,12 @@ class Driver:
         self.discards: dict[str, int] = {}
         self.drops: dict[str, int] = {}
         self.view_changes_total = 0
-        self.last_view = self.replica.view
         self.request_timeout_ms = (config.consensus.request_timeout_ticks
                                    * config.consensus.tick_ms)
         self.request_timeouts_total = 0
-        # When this replica last entered a view or became active in it: the request timer
-        # gives each primary the full timeout from then (see _check_request_timer).
+        # The replica's (view, active) after the last event, and when it last changed:
+        # view changes are counted from it, and the request timer gives each primary the
+        # full timeout from when this replica entered its view or became active in it.
         self.last_view_state = (self.replica.view, self.replica.active)
         self.view_started_ms = wall_ms()
         self.blocks_committed_total = 0
@@ -672,15 +672,16 @@ class Driver:
     # --- proposals ---------------------------------------------------------------------
 
     def _after_handle(self) -> None:
-        if (self.replica.view, self.replica.active) != self.last_view_state:
-            self.last_view_state = (self.replica.view, self.replica.active)
+        view_state = (self.replica.view, self.replica.active)
+        if view_state != self.last_view_state:
+            previous_view = self.last_view_state[0]
+            self.last_view_state = view_state
             self.view_started_ms = self.wall_ms()
-        if self.replica.view != self.last_view:
-            self.view_changes_total += max(0, self.replica.view - self.last_view)
-            self.last_view = self.replica.view
-            self.proposed_txs.clear()  # an old view's proposals are not in flight any more
-            if self.relay_mode != RELAY_ALL and self.mempool.requeue_relayed():
-                self.on_local_tx()  # the new primary has none of our txs: relay them now
+            if self.replica.view != previous_view:
+                self.view_changes_total += max(0, self.replica.view - previous_view)
+                self.proposed_txs.clear()  # an old view's proposals are not in flight
+                if self.relay_mode != RELAY_ALL and self.mempool.requeue_relayed():
+                    self.on_local_tx()  # the new primary has none of our txs: relay now
         for _ in range(PROPOSALS_PER_EVENT_MAX):
             if self.halted is not None or not self._maybe_propose():
                 return
@@ -801,9 +802,8 @@ class Driver:
             return
         wait_ms = max(self.request_timeout_ms,
                       int(REQUEST_TIMEOUT_LATENCY_FACTOR * self.mempool.commit_latency_ms))
-        builder = BlockBuilder(self.state, self.context, self.mempool.signature_cache)
         overdue = self.mempool.get_overdue(
-            self.state, self.wall_ms(), wait_ms, self.view_started_ms, builder)
+            self.state, self.wall_ms(), wait_ms, self.view_started_ms)
         if overdue is None:
             return
         self.request_timeouts_total += 1
