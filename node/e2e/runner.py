@@ -561,21 +561,24 @@ def _check_chain_evidence(
             result.violations.append(f"evidence on chain against honest validator {offender}")
 
 
-def _get_equivocators(cluster: Cluster, manifest: Manifest) -> set[int]:
-    """Validators in an equivocating mode that did equivocate: their own log says so. An
-    ``equivocate`` validator that is never primary has nothing to equivocate about."""
-    return {i for i, mode in manifest.byzantine.items()
-            if mode in EQUIVOCATING_MODES and FIRST_REWRITE_RE.search(cluster.get_log(i))}
+def _get_equivocators(cluster: Cluster, manifest: Manifest,
+                      logs: dict[int, str] | None = None) -> set[int]:
+    """Validators in an equivocating mode that did equivocate: their own log (``logs``,
+    or read now) says so. An ``equivocate`` validator that is never primary has nothing
+    to equivocate about."""
+    return {i for i, mode in manifest.byzantine.items() if mode in EQUIVOCATING_MODES
+            and FIRST_REWRITE_RE.search(cluster.get_log(i) if logs is None else logs[i])}
 
 
 def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
     evidence: dict[int, int] = {}
+    logs: dict[int, str] = {}
     for i in range(cluster.n):
         if not cluster.is_alive(i) and cluster.processes[i] is not None:
             code = cluster.processes[i].returncode  # type: ignore[union-attr]
             if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 result.violations.append(f"crash: node{i} exited with code {code}")
-        log = cluster.get_log(i)
+        log = logs[i] = cluster.get_log(i)
         if "Traceback" in log:
             result.violations.append(f"crash: node{i}'s log has a traceback")
         if i in manifest.byzantine:
@@ -594,7 +597,7 @@ def _check_logs(result: Result, cluster: Cluster, manifest: Manifest) -> None:
         if signer not in manifest.byzantine:
             result.violations.append(f"evidence against honest validator {signer} "
                                      f"({evidence[signer]} reports)")
-    equivocators = _get_equivocators(cluster, manifest)
+    equivocators = _get_equivocators(cluster, manifest, logs)
     for signer, mode in manifest.byzantine.items():
         if mode not in EQUIVOCATING_MODES:
             continue
