@@ -13,6 +13,13 @@ order and is lazy; ``limit`` bounds how many entries it yields.
 
 LevelDB allows one process per directory; a second node started on the same
 home gets :class:`StoreLockedError` with a message that says so.
+
+Blocks are stored uncompressed (``compression=None``): they are mostly keys and
+signatures, which Snappy cannot shrink, yet it compressed them again on every
+compaction. In a 60 s closed loop of 4 validators Snappy took 10-13% of the
+machine and its share grew with the database (docs/benchmarks.md, eleventh
+session). LevelDB marks each table block with its own compression type, so
+databases written with Snappy by earlier versions still read.
 """
 
 from __future__ import annotations
@@ -79,7 +86,8 @@ class LevelDBStore:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._db: plyvel.DB | None = plyvel.DB(str(self.path), create_if_missing=True)
+            self._db: plyvel.DB | None = plyvel.DB(
+                str(self.path), create_if_missing=True, compression=None)
         except plyvel.IOError as exc:
             if "lock" in str(exc).lower():
                 raise StoreLockedError(

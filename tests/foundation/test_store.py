@@ -115,6 +115,43 @@ def test_batches_are_all_or_nothing_across_sigkill(tmp_path: Path) -> None:
     assert sorted(per_batch) == list(range(len(per_batch))), "batches applied out of order"
 
 
+def get_table_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.glob("*.ldb"))
+
+
+def test_leveldb_writes_tables_uncompressed(tmp_path: Path) -> None:
+    """Stored values reach the table files at their full size (no Snappy): 4 MiB of
+    zeros, which Snappy would shrink ~20-fold, take at least 4 MiB on disk once
+    compacted out of the log."""
+    value_bytes = 64 * 1024
+    store = LevelDBStore(tmp_path / "db")
+    for index in range(64):
+        store.put(b"b/" + index.to_bytes(8, "big"), bytes(value_bytes))
+    store._get_db().compact_range()
+    store.close()
+    assert get_table_bytes(tmp_path / "db") >= 64 * value_bytes
+
+
+def test_leveldb_reads_a_database_written_with_snappy(tmp_path: Path) -> None:
+    """A home from a version that stored compressed tables still opens and reads."""
+    import plyvel
+
+    values = {b"b/" + index.to_bytes(8, "big"): bytes([index]) * 50_000 for index in range(40)}
+    old = plyvel.DB(str(tmp_path / "db"), create_if_missing=True, compression="snappy")
+    for key, value in values.items():
+        old.put(key, value)
+    old.compact_range()
+    old.close()
+    assert get_table_bytes(tmp_path / "db") < sum(map(len, values.values())) // 10
+    store = LevelDBStore(tmp_path / "db")
+    try:
+        assert all(store.get(key) == value for key, value in values.items())
+        store.put(b"b/" + (99).to_bytes(8, "big"), b"new")
+        assert store.get(b"b/" + (99).to_bytes(8, "big")) == b"new"
+    finally:
+        store.close()
+
+
 def test_schema_keys() -> None:
     assert schema.get_block_key(1) < schema.get_block_key(256) < schema.get_block_key(2**40)
     assert schema.get_wal_seq(schema.get_wal_key(77)) == 77
