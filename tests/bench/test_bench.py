@@ -253,6 +253,21 @@ def test_a_repetition_without_the_smallest_n_gives_no_paired_ratio() -> None:
         "closed_loop_scaling"] == []
 
 
+def test_a_ceiling_that_moved_under_the_runs_is_a_warning() -> None:
+    def ceiling(before: float, after: float) -> dict[str, object]:
+        rate = {"processes": 2, "duration_s": 2.0, "verifications": int(2 * before),
+                "verifications_per_s": before, "per_core_per_s": before / 2}
+        return consensus.combine_ceilings(rate, {**rate, "verifications_per_s": after})
+
+    # The twelfth session's sweep: 31,800 before, 25,200 after, 23% of their mean.
+    moved = consensus.get_ceiling_warning(ceiling(31_800.0, 25_200.0))
+    assert moved is not None and "23%" in moved
+    assert "31,800" in moved and "25,200" in moved
+    # A few percent, as in a quiet hour, and exactly the threshold: no warning.
+    assert consensus.get_ceiling_warning(ceiling(36_600.0, 34_600.0)) is None
+    assert consensus.get_ceiling_warning(ceiling(10_500.0, 9_500.0)) is None
+
+
 def test_plots_take_each_steps_median_run() -> None:
     runs = [make_run(4, 0, 4000.0), make_run(4, 1, 5000.0), make_run(4, 2, 4400.0),
             make_run(4, 3, 4100.0), make_run(16, 0, 1000.0)]
