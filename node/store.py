@@ -16,10 +16,11 @@ home gets :class:`StoreLockedError` with a message that says so.
 
 Blocks are stored uncompressed (``compression=None``): they are mostly keys and
 signatures, which Snappy cannot shrink (it saved 3.5% of a benchmark database's
-disk), yet it compressed them again on every compaction. In a 60 s closed loop of 4 validators Snappy took 10-13% of the
-machine and its share grew with the database (docs/benchmarks.md, eleventh
-session). LevelDB marks each table block with its own compression type, so
-databases written with Snappy by earlier versions still read.
+disk), yet it compressed them again on every compaction. In a 60 s closed loop
+of 4 validators Snappy took 10-13% of the machine and its share grew with the
+database (docs/benchmarks.md, eleventh session). LevelDB marks each table block
+with its own compression type, so databases written with Snappy by earlier
+versions still read.
 """
 
 from __future__ import annotations
