@@ -677,6 +677,18 @@ def get_stranded(results: list[dict[str, Any]], statuses: dict[str, str],
     return stranded
 
 
+def get_load_ended_s(step: StepConfig, window: tuple[float, float],
+                     submitted: dict[str, float], results: list[dict[str, Any]]) -> float:
+    """How long before the window's end the loaders sent their last tx.
+
+    A closed loop that still held pre-signed txs did not run out: its requests were
+    waiting out the backoff (up to RETRY_DELAY_MAX_S) after refusals from a full node,
+    which offered the node all it would take. That counts as 0."""
+    if step.rate_per_s <= 0 and any(int(r["unsent"]) > 0 for r in results):
+        return 0.0
+    return round(max(0.0, window[1] - max(submitted.values(), default=window[0])), 3)
+
+
 def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[ObservedBlock],
               submitted: dict[str, float], statuses: dict[str, str], accepted: set[str],
               committed_at: dict[str, float], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -722,8 +734,7 @@ def summarise(step: StepConfig, before: Snapshot, after: Snapshot, blocks: list[
         # > 0: the loaders sent their last tx this long before the window closed (a
         # closed loop ran out: use more --closed-loop-txs; an open loop past capacity
         # skipped accounts behind refused txs), so the committed rate is a lower bound.
-        "load_ended_s_before_window_end": round(
-            max(0.0, window[1] - max(submitted.values(), default=window[0])), 3),
+        "load_ended_s_before_window_end": get_load_ended_s(step, window, submitted, results),
         "committed_txs_in_window": committed_in_window,
         "blocks_per_s": round(len(in_window) / elapsed, 2),
         "blocks_in_window": len(in_window),

@@ -184,6 +184,22 @@ def test_latency_counts_only_txs_this_step_put_in_the_pool() -> None:
     assert run["load_ended_s_before_window_end"] == 8.0
 
 
+def test_a_closed_loop_backing_off_from_a_full_node_did_not_run_out() -> None:
+    closed = consensus.StepConfig(0.0, 2.0, 10.0, 30.0, 2, 250, 1000)
+    submitted = {"a": 101.0, "b": 109.47}
+    # Loaders still holding pre-signed txs were waiting out refusals at the end: 0.
+    holding = [{"unsent": 0}, {"unsent": 250}]
+    assert consensus.get_load_ended_s(closed, (100.0, 110.0), submitted, holding) == 0.0
+    # Every tx sent: the loop ran out 0.53 s early, and the figure says so.
+    spent = [{"unsent": 0}, {"unsent": 0}]
+    assert consensus.get_load_ended_s(closed, (100.0, 110.0), submitted, spent) == 0.53
+    # An open loop's unsent txs are its schedule's, not a full node's: still counted.
+    opened = consensus.StepConfig(1000.0, 2.0, 10.0, 30.0, 2, 250, 0)
+    assert consensus.get_load_ended_s(opened, (100.0, 110.0), submitted, holding) == 0.53
+    # Nothing sent at all: the load ended as the window began.
+    assert consensus.get_load_ended_s(opened, (100.0, 110.0), {}, holding) == 10.0
+
+
 @pytest.mark.parametrize("count,accounts,apis,batch", [(1000, 20, 4, 7), (96, 10, 16, 250),
                                                        (50, 3, 7, 4), (0, 5, 4, 10)])
 def test_pinned_batches_keep_each_account_on_one_api_in_nonce_order(
