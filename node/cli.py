@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("start", "run a validator node from its home directory"),
     "localnet": ("localnet", "up|status|down: run N validators on loopback"),
     "status": ("status", "show a node's status through its API"),
-    "keys": ("keys", "show: print a home's public key and peer id"),
+    "keys": ("keys", "show|new: a home's or a key file's public key; a new account key"),
     "tx": ("tx", "send: sign and submit a transaction"),
     "reset": ("reset", "reset --unsafe: wipe a node's data, keep its key"),
 
