@@ -9,8 +9,11 @@ broken optional dependency cannot take the whole CLI down.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE (128 + 13)
 
 # name -> (module under node.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,7 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bcfl: command {name!r} is not available in this build", file=sys.stderr)
         return 2
-    result: int = module.main(rest)
+    try:
+        result: int = module.main(rest)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+    except BrokenPipeError:
+        # The reader went away (`bcfl ... | head`): not an error worth a traceback.
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result
 
 if __name__ == "__main__":
