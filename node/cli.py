@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "localnet": ("localnet", "up|status|down: run N validators on loopback"),
     "status": ("status", "show a node's status through its API"),
     "keys": ("keys", "show|new: a home's or a key file's public key; a new account key"),
+    "genesis": ("genesis", "build|validate: a consortium's genesis.json from public keys"),
     "tx": ("tx", "send: sign and submit a transaction"),
     "reset": ("reset", "reset --unsafe: wipe a node's data, keep its key"),
 

@@ -4,8 +4,9 @@ Writes ``DIR/config/config.toml`` (defaults, with the moniker), a fresh
 Ed25519 key in ``DIR/config/node_key.json`` (mode 0600) and ``DIR/data/``,
 then prints the public key and libp2p peer id. It never overwrites a key: a
 lost validator key cannot be recovered, and a replaced one silently changes
-who the node is. The chain's ``genesis.json`` is copied in separately (or
-written by ``bcfl testnet``).
+who the node is. The chain's ``genesis.json`` is copied in separately: from
+the consortium's coordinator (``bcfl genesis build``, which needs this node's
+public key and addresses) or written by ``bcfl testnet``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def _init(args: argparse.Namespace) -> int:
     print(f"initialised {home}")
     print(f"public key: {key.public_key.hex()}")
     print(f"peer id:    {key.peer_id}")
-    print(f"next: copy the chain's genesis.json to {home / 'config' / 'genesis.json'}")
+    config = load_home_config(home)
+    print("next: send the public key and the host:port at which peers and clients reach "
+          f"this node (config.toml listens on p2p port {config.p2p.listen_port}, api port "
+          f"{config.api.listen_port}) to the genesis coordinator (`bcfl genesis build`); "
+          f"then copy the chain's genesis.json to {home / 'config' / 'genesis.json'}")
     return EXIT_OK
 
 

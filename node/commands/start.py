@@ -90,6 +90,25 @@ def _check_ports(config: Config) -> None:
                                "(another node running on this home or port?)")
 
 
+def get_address_warnings(config: Config, genesis: Genesis, index: int) -> list[str]:
+    """Where this node listens against where genesis tells peers and clients to find it.
+
+    Warnings, not errors: a port forward or a proxy may join the two. Without one, a
+    p2p port that differs leaves the node unreachable by its peers, and an API port that
+    differs sends hospitals that read genesis to the wrong place."""
+    own = genesis.validators[index]
+    warnings = []
+    for what, port, listed in (("p2p", config.p2p.listen_port, own.p2p_port),
+                               ("api", config.api.listen_port, own.api_port)):
+        if port != listed:
+            warnings.append(
+                f"{what} listens on port {port}, but genesis validators[{index}] lists "
+                f"{listed}: unless something forwards {listed} to {port}, nothing that reads "
+                f"genesis reaches this node's {what} (set [{what}] listen_port = {listed} "
+                "in config.toml)")
+    return warnings
+
+
 def _start(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -174,6 +193,8 @@ def _run(
     except (NodeSetupError, ChainStoreError, TransportError) as exc:
         raise CommandError(str(exc)) from None
     driver.network = transport
+    for warning in get_address_warnings(config, genesis, driver.index):
+        logger.warning("%s", warning)
     if byzantine_mode is not None:
         logger.warning("TEST-ONLY Byzantine mode %r is on", byzantine_mode)
         driver.byzantine = byzantine.Byzantine(

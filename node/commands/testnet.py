@@ -93,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="initial balance of each institution and client account")
     parser.add_argument("--skip-port-check", action="store_true",
                         help="write the files even if a port is in use now")
+    add_task_arguments(parser)
+    parser.add_argument("--learning-mode", choices=LEARNING_MODES, default="off",
+                        help="fully coupled learning: validator i runs hospital-i's agent "
+                        "(its key copied to the home, its CSV as train_data)")
+    parser.add_argument("--data-seed", type=int, default=2,
+                        help="seed of the label-skewed split of the hospital data")
+    return parser
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """The learning task's options, shared with ``bcfl genesis build``."""
     parser.add_argument("--fl-task", choices=FL_TASKS, default="breast_cancer",
                         help="learning task in genesis (none: a plain chain)")
     parser.add_argument("--fl-rule", choices=FL_RULES, default="trimmed_mean",
@@ -102,12 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "validator member has attested)")
     parser.add_argument("--epsilon-budget", type=float, default=DEFAULT_EPSILON_BUDGET,
                         help="each institution's differential-privacy budget for the task")
-    parser.add_argument("--learning-mode", choices=LEARNING_MODES, default="off",
-                        help="fully coupled learning: validator i runs hospital-i's agent "
-                        "(its key copied to the home, its CSV as train_data)")
-    parser.add_argument("--data-seed", type=int, default=2,
-                        help="seed of the label-skewed split of the hospital data")
-    return parser
+
+
+def get_task_section(args: argparse.Namespace) -> dict[str, object]:
+    """Genesis's ``fl`` section from :func:`add_task_arguments`' options (checked here)."""
+    if not 1 <= args.round_blocks <= 100_000:
+        raise CommandError(f"--round-blocks {args.round_blocks}: must be in 1..100000")
+    if not 0 < args.epsilon_budget <= 1e6:
+        raise CommandError(f"--epsilon-budget {args.epsilon_budget}: must be in (0, 1e6]")
+    if args.fl_task == "none":
+        return {}
+    return {"tasks": [make_breast_cancer_task(args.fl_rule, args.round_blocks,
+                                              args.epsilon_budget)]}
 
 
 def make_breast_cancer_task(
@@ -191,14 +208,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--accounts {args.accounts}: must be in 0..{ACCOUNTS_MAX}")
     if not 0 <= args.balance < 1 << 64:
         raise CommandError(f"--balance {args.balance}: must be a u64")
-    if not 1 <= args.round_blocks <= 100_000:
-        raise CommandError(f"--round-blocks {args.round_blocks}: must be in 1..100000")
-    if not 0 < args.epsilon_budget <= 1e6:
-        raise CommandError(f"--epsilon-budget {args.epsilon_budget}: must be in (0, 1e6]")
 
 
 def _testnet(args: argparse.Namespace) -> int:
     _check_args(args)
+    fl = get_task_section(args)
     n: int = args.validators
     output: Path = args.output
     institutions = parse_institutions(args.institutions, n)
@@ -234,9 +248,7 @@ def _testnet(args: argparse.Namespace) -> int:
         members=tuple(Member(i.name, member_keys[i.name].public_key, i.role)
                       for i in institutions),
         balances=tuple(sorted((key.public_key, args.balance) for key in funded)),
-        fl={} if args.fl_task == "none" else {"tasks": [
-            make_breast_cancer_task(args.fl_rule, args.round_blocks, args.epsilon_budget)
-        ]},
+        fl=fl,
     )
     try:  # validate everything (names, chain id...) before writing anything
         save_genesis(output / "genesis.json", genesis)
