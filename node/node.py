@@ -170,6 +170,10 @@ from node.wire import (
 
 logger = logging.getLogger(__name__)
 
+# The core's Discard reason when block 1, fetched with its commit certificate, names
+# another parent than this node's genesis hash (node.app.BlockChecker's "parent_hash").
+FETCHED_BLOCK_OTHER_PARENT = "fetched block rejected: parent_hash"
+
 # Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
 RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
@@ -454,6 +458,7 @@ class Driver:
         self.evidence_reported: OrderedDict[tuple[int, int, int], bytes | None] = OrderedDict()
         self.evidence_reports: dict[str, int] = {}
         self.discards: dict[str, int] = {}
+        self.genesis_mismatch_warned = False
         self.drops: dict[str, int] = {}
         self.view_changes_total = 0
         self.request_timeout_ms = (config.consensus.request_timeout_ticks
@@ -539,9 +544,25 @@ class Driver:
                 self._report_evidence(action.evidence)
             elif isinstance(action, Discard):
                 self._count(self.discards, action.reason.split(":", 1)[0])
+                self._check_genesis_mismatch(action.reason)
             else:  # pragma: no cover - a new action type needs a branch
                 raise AssertionError(f"unknown action {type(action).__name__}")
         self._flush_persist()
+
+    def _check_genesis_mismatch(self, reason: str) -> None:
+        """Say once why a node whose genesis differs from its peers' stays at height 0.
+
+        Its genesis hash is block 1's parent, so it can neither vote with the others nor
+        take their blocks, and without this the only trace is a discard counter."""
+        if (self.genesis_mismatch_warned or self.replica.last_delivered_seq != 0
+                or not reason.startswith(FETCHED_BLOCK_OTHER_PARENT)):
+            return
+        self.genesis_mismatch_warned = True
+        logger.warning(
+            "block 1 fetched from a peer does not build on this node's genesis (hash %s): "
+            "if this repeats, this node's genesis.json is not the chain's; compare the hash "
+            "`bcfl genesis validate` prints with the other members'",
+            self.replica.config.genesis_digest.hex())
 
     def _flush_persist(self) -> None:
         if not self._pending_persist:

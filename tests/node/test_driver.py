@@ -4,6 +4,7 @@ order (WAL before sends), restore without double votes, bad frames, halting, the
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 from node_harness import ACCOUNT_KEYS, CHAIN_ID, VALIDATOR_KEYS, Cluster, make_genesis, transfer
@@ -44,6 +45,7 @@ from node.ledger import (
 )
 from node.mempool import SOURCE_PEER, encode_tx_batch
 from node.node import (
+    Driver,
     get_partial_block_txs_min,
     get_relay_interval_s,
     get_status_interval_ticks,
@@ -345,6 +347,30 @@ def test_killed_replica_catches_up_by_fetching_blocks() -> None:
         assert restored.chain.get_block_bytes(height) == cluster.drivers[0].chain.get_block_bytes(
             height
         )
+
+
+def test_a_replica_with_another_genesis_stays_at_height_0_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = Cluster()
+    balances = tuple((key, amount + 1) for key, amount in cluster.genesis.balances)
+    other = dataclasses.replace(cluster.genesis, balances=balances)
+    cluster.drivers[3] = Driver(cluster.config, other, VALIDATOR_KEYS[3], MemoryStore(),
+                                cluster.networks[3], clock=lambda: cluster.now,
+                                wall_ms=lambda: int(cluster.now * 1000))
+    with caplog.at_level(logging.WARNING, logger="node.node"):
+        cluster.run_until(lambda: cluster.drivers[0].state.height >= 6
+                          and cluster.drivers[3].discards.get("fetched block rejected", 0) >= 2)
+    assert [d.state.height >= 6 for d in cluster.drivers[:3]] == [True] * 3
+    assert cluster.drivers[3].state.height == 0
+    warnings = [r.getMessage() for r in caplog.records if "does not build on" in r.getMessage()]
+    assert warnings == [
+        "block 1 fetched from a peer does not build on this node's genesis (hash "
+        f"{get_genesis_hash(other).hex()}): if this repeats, this node's genesis.json is not "
+        "the chain's; compare the hash `bcfl genesis validate` prints with the other members'"
+    ]
+    # The other three, on the same genesis, never see it.
+    assert not any(d.genesis_mismatch_warned for d in cluster.drivers[:3])
 
 
 def test_primary_crash_leads_to_a_view_change_and_more_commits() -> None:
