@@ -38,6 +38,14 @@ def get_validator_specs(homes: list[Path]) -> list[str]:
     return args
 
 
+def build_plain_genesis(tmp_path: Path, homes: list[Path]) -> Path:
+    """A genesis without a learning task, its validators the first four of ``homes``."""
+    output = tmp_path / "genesis.json"
+    assert genesis.main(["build", "--chain-id", "c1", "--output", str(output), "--fl-task",
+                         "none", *get_validator_specs(homes[:4])]) == 0
+    return output
+
+
 def make_member_key(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> str:
     path = tmp_path / f"{name}.json"
     assert keys.main(["new", "--output", str(path)]) == 0
@@ -148,9 +156,7 @@ def test_genesis_validate_names_the_bad_field_and_a_home_it_leaves_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     homes = make_homes(tmp_path, 5)
-    output = tmp_path / "genesis.json"
-    assert genesis.main(["build", "--chain-id", "c1", "--output", str(output), "--fl-task",
-                         "none", *get_validator_specs(homes[:4])]) == 0
+    output = build_plain_genesis(tmp_path, homes)
     capsys.readouterr()
     assert genesis.main(["validate", str(output)]) == 0
     assert "is valid" in capsys.readouterr().out
@@ -172,14 +178,12 @@ def test_genesis_validate_names_the_bad_field_and_a_home_it_leaves_out(
 def test_start_warns_when_it_listens_where_genesis_does_not_send_peers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    homes = make_homes(tmp_path, 4)
-    output = tmp_path / "genesis.json"
-    assert genesis.main(["build", "--chain-id", "c1", "--output", str(output), "--fl-task",
-                         "none", *get_validator_specs(homes)]) == 0
-    built = load_genesis(output)
+    built = load_genesis(build_plain_genesis(tmp_path, make_homes(tmp_path, 4)))
     matching = dataclasses.replace(Config(), p2p=P2PConfig(listen_port=26656),
                                    api=dataclasses.replace(ApiConfig(), listen_port=8080))
     assert get_address_warnings(matching, built, 2) == []
     moved = dataclasses.replace(matching, p2p=P2PConfig(listen_port=26700))
     (warning,) = get_address_warnings(moved, built, 2)
     assert "p2p listens on port 26700" in warning and "validators[2] lists 26656" in warning
+    both = dataclasses.replace(moved, api=dataclasses.replace(ApiConfig(), listen_port=9090))
+    assert [w.split(" listens")[0] for w in get_address_warnings(both, built, 2)] == ["p2p", "api"]
