@@ -560,8 +560,10 @@ class Driver:
         self.genesis_mismatch_warned = True
         logger.warning(
             "block 1 fetched from a peer does not build on this node's genesis (hash %s): "
-            "if this repeats, this node's genesis.json is not the chain's; compare the hash "
-            "`bcfl genesis validate` prints with the other members'",
+            "if every peer's does not (the metric bcfl_messages_dropped_total{reason="
+            "\"consensus_fetched_block_rejected\"} keeps growing), this node's genesis.json "
+            "is not the chain's; compare the hash `bcfl genesis validate` prints with the "
+            "other members'",
             self.replica.config.genesis_digest.hex())
 
     def _flush_persist(self) -> None:

@@ -366,9 +366,12 @@ def test_a_replica_with_another_genesis_stays_at_height_0_and_says_why(
     warnings = [r.getMessage() for r in caplog.records if "does not build on" in r.getMessage()]
     assert warnings == [
         "block 1 fetched from a peer does not build on this node's genesis (hash "
-        f"{get_genesis_hash(other).hex()}): if this repeats, this node's genesis.json is not "
-        "the chain's; compare the hash `bcfl genesis validate` prints with the other members'"
+        f"{get_genesis_hash(other).hex()}): if every peer's does not (the metric "
+        'bcfl_messages_dropped_total{reason="consensus_fetched_block_rejected"} keeps growing), '
+        "this node's genesis.json is not the chain's; compare the hash `bcfl genesis validate` "
+        "prints with the other members'"
     ]
+    assert cluster.drivers[3].get_dropped()["consensus_fetched_block_rejected"] >= 2  # as named
     # The other three, on the same genesis, never see it.
     assert not any(d.genesis_mismatch_warned for d in cluster.drivers[:3])
 
