@@ -67,12 +67,6 @@ class ValidatorInfo:
     api_host: str
     api_port: int
 
-    def get_p2p_multiaddr(self) -> str:
-        """The libp2p listen address, e.g. ``/ip4/127.0.0.1/tcp/26656``."""
-        is_ipv4 = re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", self.p2p_host) is not None
-        proto = "ip4" if is_ipv4 else "ip6" if ":" in self.p2p_host else "dns4"
-        return f"/{proto}/{self.p2p_host}/tcp/{self.p2p_port}"
-
 
 @dataclass(frozen=True)
 class Member:

@@ -37,6 +37,7 @@ round trips 1,464-1,555/s -> 2,520-2,531/s, one-way +37%).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import random
 import struct
@@ -256,7 +257,35 @@ def create_libp2p_host(key: KeyPair) -> IHost:
 
 
 def get_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
-    return multiaddr.Multiaddr(f"/ip4/{host}/tcp/{port}")
+    """``/ip4`` or ``/ip6`` for an address, ``/dns4`` for a host name (to show; to dial one,
+    :func:`resolve_multiaddr`)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return multiaddr.Multiaddr(f"/dns4/{host}/tcp/{port}")
+    return multiaddr.Multiaddr(f"/ip{address.version}/{address}/tcp/{port}")
+
+
+async def resolve_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
+    """The address to dial or listen on: an IP as it is, a host name (genesis allows them)
+    resolved by the system, /etc/hosts included, IPv4 first since nodes listen on 0.0.0.0.
+
+    Resolved here, at every dial, because libp2p's own ``/dns`` resolver asks name servers
+    only, and a name it cannot resolve it dials as it is, which always fails. Raises
+    ``OSError`` when the name does not resolve."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        addresses = sorted((info[4][0] for info in infos if info[0] in RESOLVED_FAMILIES),
+                           key=lambda address: ":" in address)
+        if not addresses:
+            raise OSError(f"{host} resolves to no IPv4 or IPv6 address") from None
+        host = addresses[0]
+    return get_multiaddr(host, port)
+
+
+RESOLVED_FAMILIES = (trio.socket.AF_INET, trio.socket.AF_INET6)
 
 
 def encode_frame_header(frame: bytes) -> bytes:
@@ -434,13 +463,12 @@ class Transport:
         for traffic, protocol in PROTOCOL_IDS.items():
             host.set_stream_handler(protocol, self._make_stream_handler(traffic))
         host.get_network().register_notifee(_RefuseStrangers(self))
-        for peer in self.peer_indices:
-            v = self.validators[peer]
-            host.get_peerstore().add_addrs(
-                self.peer_ids[peer], [get_multiaddr(v.host, v.port)], 10**9
-            )
         try:
-            async with host.run([get_multiaddr(self.listen_host, self.listen_port)]):
+            listen_address = await resolve_multiaddr(self.listen_host, self.listen_port)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {self.listen_host}: {exc}") from None
+        try:
+            async with host.run([listen_address]):
                 async with trio.open_nursery() as nursery:
                     for peer in self.peer_indices:
                         for traffic in TrafficClass:
@@ -501,7 +529,8 @@ class Transport:
         stream: INetStream | None = None
         with trio.move_on_after(self.config.dial_timeout_s):
             try:
-                await host.connect(PeerInfo(peer_id, [get_multiaddr(v.host, v.port)]))
+                address = await resolve_multiaddr(v.host, v.port)
+                await host.connect(PeerInfo(peer_id, [address]))
             except Exception as exc:  # libp2p raises many unrelated types on a failed dial
                 logger.debug("dial %d/%s failed: %r", peer, traffic.name, exc)
                 return None

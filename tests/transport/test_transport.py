@@ -31,6 +31,7 @@ from node.transport import (
     encode_frame_header,
     get_multiaddr,
     install_yamux_window_rule,
+    resolve_multiaddr,
 )
 
 HOST = "127.0.0.1"
@@ -105,6 +106,26 @@ def test_full_mesh_send_and_broadcast_carry_sender_indices() -> None:
             assert metrics["peers"]["2"]["frames_sent"] == 6
             assert metrics["peers"]["2"]["frames_received"] == 6
             assert sum(metrics["drops"].values()) == 0
+
+    trio.run(main)
+
+
+def test_validators_named_by_host_name_are_resolved_and_reached() -> None:
+    async def main() -> None:
+        keys, by_address = make_validator_set(3)
+        named = [ValidatorAddress(v.index, v.public_key, "localhost", v.port) for v in by_address]
+        transports = [make_transport(keys, named, i) for i in range(3)]
+        async with running(*transports):
+            with trio.fail_after(STEP_TIMEOUT_S):
+                assert transports[0].broadcast(b"by name") == 2
+                assert await receive_n(transports[1], 1) == [(0, b"by name")]
+                assert await receive_n(transports[2], 1) == [(0, b"by name")]
+        assert str(await resolve_multiaddr("localhost", 7)) in ("/ip4/127.0.0.1/tcp/7",
+                                                                 "/ip6/::1/tcp/7")
+        assert str(await resolve_multiaddr("::1", 7)) == "/ip6/::1/tcp/7"
+        assert str(get_multiaddr("hospital-a.example", 7)) == "/dns4/hospital-a.example/tcp/7"
+        with pytest.raises(OSError):
+            await resolve_multiaddr("no-such-host.invalid", 7)
 
     trio.run(main)
 
