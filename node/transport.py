@@ -259,11 +259,9 @@ def create_libp2p_host(key: KeyPair) -> IHost:
 def get_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
     """``/ip4`` or ``/ip6`` for an address, ``/dns4`` for a host name (to show; to dial one,
     :func:`resolve_multiaddr`)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    if not is_ip_address(host):
         return multiaddr.Multiaddr(f"/dns4/{host}/tcp/{port}")
-    return multiaddr.Multiaddr(f"/ip{address.version}/{address}/tcp/{port}")
+    return multiaddr.Multiaddr(f"/ip{ipaddress.ip_address(host).version}/{host}/tcp/{port}")
 
 
 async def resolve_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
@@ -273,19 +271,22 @@ async def resolve_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
     Resolved here, at every dial, because libp2p's own ``/dns`` resolver asks name servers
     only, and a name it cannot resolve it dials as it is, which always fails. Raises
     ``OSError`` when the name does not resolve."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if not is_ip_address(host):
         infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
-        addresses = sorted((info[4][0] for info in infos if info[0] in RESOLVED_FAMILIES),
-                           key=lambda address: ":" in address)
-        if not addresses:
-            raise OSError(f"{host} resolves to no IPv4 or IPv6 address") from None
-        host = addresses[0]
+        ipv4 = [info[4][0] for info in infos if info[0] == trio.socket.AF_INET]
+        ipv6 = [info[4][0] for info in infos if info[0] == trio.socket.AF_INET6]
+        if not ipv4 + ipv6:
+            raise OSError(f"{host} resolves to no IPv4 or IPv6 address")
+        host = (ipv4 + ipv6)[0]
     return get_multiaddr(host, port)
 
 
-RESOLVED_FAMILIES = (trio.socket.AF_INET, trio.socket.AF_INET6)
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def encode_frame_header(frame: bytes) -> bytes:
