@@ -39,6 +39,7 @@ from node.codec import (
 from node.crypto import DOMAIN_CONSENSUS, sign, verify_signature
 from node.keys import KeyPair
 from node.ledger import (
+    REASON_PARENT_HASH,
     REASON_TX_ROOT,
     AppliedBlock,
     BlockInvalid,
@@ -142,7 +143,7 @@ class BlockChecker:
         if header.height != seq:
             return f"height: block height {header.height} in slot {seq}"
         if header.parent_hash != parent_digest:
-            return "parent_hash: the block's parent is not the slot's parent"
+            return f"{REASON_PARENT_HASH}: the block's parent is not the slot's parent"
         if not 0 <= header.proposer_index < self.context.validator_count:
             return f"proposer_index: {header.proposer_index} out of range"
         digest = get_block_hash(header)

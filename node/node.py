@@ -116,6 +116,7 @@ from node.genesis import Genesis, get_genesis_hash
 from node.keys import KeyPair
 from node.learning_api import get_learning_account
 from node.ledger import (
+    REASON_PARENT_HASH,
     AppliedBlock,
     BlockBuilder,
     BlockInvalid,
@@ -170,9 +171,9 @@ from node.wire import (
 
 logger = logging.getLogger(__name__)
 
-# The core's Discard reason when block 1, fetched with its commit certificate, names
-# another parent than this node's genesis hash (node.app.BlockChecker's "parent_hash").
-FETCHED_BLOCK_OTHER_PARENT = "fetched block rejected: parent_hash"
+# The core's Discard reason when a fetched block names another parent than this node's
+# tip (BlockChecker's reason after the replica's prefix); at height 0 the tip is genesis.
+FETCHED_BLOCK_OTHER_PARENT = f"fetched block rejected: {REASON_PARENT_HASH}"
 
 # Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
