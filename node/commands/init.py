@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def initialise_home(home: Path, moniker: str | None) -> KeyPair:
+def initialise_home(home: Path, moniker: str | None) -> tuple[KeyPair, Config]:
     """Create ``home``'s layout and key; CommandError if it already has a key."""
     config_path = get_config_path(home)
     if config_path.exists():
@@ -48,18 +48,17 @@ def initialise_home(home: Path, moniker: str | None) -> KeyPair:
     key = KeyPair.generate()
     save_key_file(key_path, key)
     config.get_data_path(home).mkdir(parents=True, exist_ok=True)
-    return key
+    return key, config
 
 
 def _init(args: argparse.Namespace) -> int:
     home: Path = args.home
     if home.exists() and not home.is_dir():
         raise CommandError(f"{home} exists and is not a directory")
-    key = initialise_home(home, args.moniker)
+    key, config = initialise_home(home, args.moniker)
     print(f"initialised {home}")
     print(f"public key: {key.public_key.hex()}")
     print(f"peer id:    {key.peer_id}")
-    config = load_home_config(home)
     print("next: send the public key and the host:port at which peers and clients reach "
           f"this node (config.toml listens on p2p port {config.p2p.listen_port}, api port "
           f"{config.api.listen_port}) to the genesis coordinator (`bcfl genesis build`); "
