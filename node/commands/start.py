@@ -109,13 +109,51 @@ def get_address_warnings(config: Config, genesis: Genesis, index: int) -> list[s
     return warnings
 
 
-def _start(args: argparse.Namespace) -> int:
+LIBP2P_LOGGER = "libp2p"
+TRACEBACK_MARKER = "Traceback (most recent call last)"
+
+
+class PeerTracebackFilter(logging.Filter):
+    """Cuts libp2p's tracebacks to the record's first line.
+
+    libp2p logs ordinary peer failures (a connection reset while it answers identify,
+    which two peers dialling each other at startup produce) at ERROR with the whole
+    traceback pasted into the message. To an operator that reads as a crash of the node,
+    while the transport already counts and retries these. ``bcfl start --log-level
+    DEBUG`` keeps them whole."""
+
+    def __init__(self, keep_tracebacks: bool = False) -> None:
+        super().__init__()
+        self.keep_tracebacks = keep_tracebacks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        is_libp2p = record.name == LIBP2P_LOGGER or record.name.startswith(LIBP2P_LOGGER + ".")
+        if self.keep_tracebacks or not is_libp2p:
+            return True
+        message = record.getMessage()
+        if TRACEBACK_MARKER not in message and record.exc_info is None:
+            return True
+        first_line = message.split("\n", 1)[0]
+        record.msg, record.args = f"{first_line} (traceback omitted)", ()
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr; libp2p's peer-failure tracebacks cut to one line."""
     logging.basicConfig(
-        level=getattr(logging, args.log_level),
+        level=getattr(logging, level),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    keep = getattr(logging, level) <= logging.DEBUG
+    for handler in logging.root.handlers:
+        handler.addFilter(PeerTracebackFilter(keep_tracebacks=keep))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request
+
+
+def _start(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
     home: Path = args.home
     if args.byzantine is not None:
         if not byzantine.is_enabled(byzantine.ENV_BYZANTINE):
