@@ -74,6 +74,7 @@ from consensus.messages import (
     Evidence,
     FetchedBlock,
     NewView,
+    PeerMessage,
     PreparedCertificate,
     PrePrepare,
     StableCheckpoint,
@@ -178,6 +179,8 @@ FETCHED_BLOCK_OTHER_PARENT = f"fetched block rejected: {REASON_PARENT_HASH}"
 # Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
 RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
+# What the oversize warning calls the messages that can outgrow a frame.
+OVERSIZE_MESSAGE_NAMES: dict[type, str] = {ViewChange: "VIEW-CHANGE", NewView: "NEW-VIEW"}
 EVIDENCE_KEPT_MAX = 64
 EVIDENCE_REPORTED_MAX = 1024
 EVICT_EVIDENCE_RECORDED = "evidence_recorded"
@@ -460,6 +463,9 @@ class Driver:
         self.evidence_reports: dict[str, int] = {}
         self.discards: dict[str, int] = {}
         self.genesis_mismatch_warned = False
+        # The transport drops a frame over this (tests lower it to show what follows).
+        self.frame_size_max_bytes = FRAME_SIZE_MAX_BYTES
+        self.oversize_warned: tuple[str, int] | None = None  # (message kind, view) said last
         self.drops: dict[str, int] = {}
         self.view_changes_total = 0
         self.request_timeout_ms = (config.consensus.request_timeout_ticks
@@ -530,9 +536,13 @@ class Driver:
                 continue
             self._flush_persist()
             if isinstance(action, Send):
-                self.network.send(action.to, encode_consensus_message(action.message))
+                frame = encode_consensus_message(action.message)
+                self._check_frame_size(action.message, len(frame))
+                self.network.send(action.to, frame)
             elif isinstance(action, Broadcast):
-                self.network.broadcast(encode_consensus_message(action.message))
+                frame = encode_consensus_message(action.message)
+                self._check_frame_size(action.message, len(frame))
+                self.network.broadcast(frame)
             elif isinstance(action, Deliver):
                 self._deliver(action)
             elif isinstance(action, FetchBlocks):
@@ -549,6 +559,24 @@ class Driver:
             else:  # pragma: no cover - a new action type needs a branch
                 raise AssertionError(f"unknown action {type(action).__name__}")
         self._flush_persist()
+
+    def _check_frame_size(self, message: PeerMessage, size: int) -> None:
+        """Say once per view why a view change cannot complete: its VIEW-CHANGE or NEW-VIEW
+        carries every payload prepared above the stable checkpoint (NEW-VIEW a quorum of
+        copies), and past the frame limit the transport drops it, counted only."""
+        if size <= self.frame_size_max_bytes:
+            return
+        kind = OVERSIZE_MESSAGE_NAMES.get(type(message), type(message).__name__)
+        view = message.new_view if isinstance(message, ViewChange) else self.replica.view
+        if self.oversize_warned == (kind, view):
+            return
+        self.oversize_warned = (kind, view)
+        logger.error(
+            "%s for view %d is %d bytes, over the %d-byte frame limit: no peer receives it. "
+            "It carries the blocks prepared above the stable checkpoint (seq %d), a NEW-VIEW "
+            "once per VIEW-CHANGE in it, and while they are this large the view change "
+            "cannot complete (docs/node.md, Known gaps)",
+            kind, view, size, self.frame_size_max_bytes, self.replica.low_seq)
 
     def _check_genesis_mismatch(self, reason: str) -> None:
         """Say once why a node whose genesis differs from its peers' stays at height 0.

@@ -386,6 +386,46 @@ def test_primary_crash_leads_to_a_view_change_and_more_commits() -> None:
     assert all(d.view_changes_total >= 1 for d in cluster.live())
 
 
+def test_a_view_change_over_the_frame_limit_is_said_once_per_view(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/node.md's worst known gap, scaled down: VIEW-CHANGE carries the payloads prepared
+    above the stable checkpoint and NEW-VIEW a quorum of VIEW-CHANGEs, so with frames capped
+    at 60 KB (the transport's 16 MiB, scaled to blocks of ~10 KB) the view change after the
+    primary's crash is dropped and the chain stays where it was. Each node says so, once per
+    view and message, with the size and the limit."""
+    limit = 60_000
+    cluster = Cluster()
+    for driver in cluster.drivers:
+        driver.frame_size_max_bytes = limit
+    cluster.filter = lambda sender, to, frame: len(frame) <= limit  # what the transport does
+    nonces = [0] * 4
+    for _ in range(200):
+        for account in (1, 2, 3):
+            for _ in range(10):
+                cluster.drivers[account].submit_tx(transfer(account, nonces[account]))
+                nonces[account] += 1
+        cluster.step()
+    height = max(cluster.get_heights())
+    assert min(cluster.get_heights()) == height > 50
+    cluster.down.add(0)
+    with caplog.at_level(logging.ERROR, logger="node.node"):
+        for _ in range(600):
+            cluster.step()
+    assert cluster.get_heights() == [height] * 3  # the gap: no view change completes
+    assert all(not d.replica.active and d.replica.view >= 3 for d in cluster.live())
+    said = [r.getMessage() for r in caplog.records if "frame limit" in r.getMessage()]
+    # Each new primary (views 1, 2, 3) said it of its NEW-VIEW once, though it resent it
+    # to every replica that retransmitted its VIEW-CHANGE.
+    views = [int(m.split(" for view ")[1].split(" ")[0]) for m in said]
+    assert sorted(views) == sorted(set(views)) and len(views) >= 2
+    for message in said:
+        size = int(message.split(" is ")[1].split(" ")[0])
+        assert message.startswith("NEW-VIEW for view ") and size > limit
+        assert "over the 60000-byte frame limit: no peer receives it" in message
+        assert "(docs/node.md, Known gaps)" in message
+
+
 def run_txs_then_a_primary_crash(cluster: Cluster) -> list[list[int]]:
     """Frames sent by each driver up to each step."""
     for nonce in range(30):
