@@ -39,6 +39,7 @@ API request loop, each bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -179,6 +180,9 @@ FETCHED_BLOCK_OTHER_PARENT = f"fetched block rejected: {REASON_PARENT_HASH}"
 # Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
 RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
+# A NEW-VIEW holds a quorum of VIEW-CHANGEs with their payloads: 11 x 16 blocks of 4 MiB
+# at n = 16 would be 704 MiB. Records this node wrote decode up to this.
+WAL_RECORD_SIZE_MAX_BYTES = 1024 * 1024 * 1024
 # What the oversize warning calls the messages that can outgrow a frame.
 OVERSIZE_MESSAGE_NAMES: dict[type, str] = {ViewChange: "VIEW-CHANGE", NewView: "NEW-VIEW"}
 EVIDENCE_KEPT_MAX = 64
@@ -400,6 +404,12 @@ class Driver:
         self.clock = clock
         self.wall_ms = wall_ms
         self.limits = limits
+        # This node's own write-ahead records are not a peer's bytes: a NEW-VIEW it built
+        # may exceed the frame-sized message limit (docs/node.md, Known gaps), and a node
+        # must still restart from what it wrote.
+        self.wal_limits = dataclasses.replace(
+            limits, message_size_max_bytes=max(limits.message_size_max_bytes,
+                                               WAL_RECORD_SIZE_MAX_BYTES))
         self.index = get_node_index(genesis, key)
         self.chain = ChainStore(store, genesis, limits)
         self.state: State = self.chain.load_state()
@@ -498,7 +508,7 @@ class Driver:
         records: list[PersistRecord] = []
         for seq, raw in self.chain.load_wal_entries():
             try:
-                record = decode_consensus_message(raw, MESSAGE_TYPES, self.limits)
+                record = decode_consensus_message(raw, MESSAGE_TYPES, self.wal_limits)
             except DecodeError as exc:
                 raise ChainStoreError(f"write-ahead record {seq} is corrupt: {exc}") from None
             if not isinstance(
@@ -610,7 +620,7 @@ class Driver:
         doomed: list[bytes] = []
         view = self.replica.view
         for wal_seq, raw in self.chain.load_wal_entries():
-            record = decode_consensus_message(raw, MESSAGE_TYPES, self.limits)
+            record = decode_consensus_message(raw, MESSAGE_TYPES, self.wal_limits)
             seq = get_record_seq(record)
             if (
                 (seq is not None and seq <= stable_seq)

@@ -26,6 +26,7 @@ from node import mempool as mempool_module
 from node.app import BlockChecker, NodeAuthenticator
 from node.chain import ChainStore
 from node.codec import (
+    DEFAULT_LIMITS,
     DecodeError,
     decode_block,
     decode_consensus_message,
@@ -424,6 +425,18 @@ def test_a_view_change_over_the_frame_limit_is_said_once_per_view(
         assert message.startswith("NEW-VIEW for view ") and size > limit
         assert "over the 60000-byte frame limit: no peer receives it" in message
         assert "(docs/node.md, Known gaps)" in message
+
+    # The primary of view 1 persisted its NEW-VIEW before sending it. With the decoder's
+    # message limit scaled down as well, that record is over it, and the node must still
+    # restart from its own write-ahead log (it refused to, as "corrupt", before).
+    small = dataclasses.replace(DEFAULT_LIMITS, message_size_max_bytes=limit)
+    restarted = Driver(cluster.config, cluster.genesis, VALIDATOR_KEYS[1], cluster.stores[1],
+                       cluster.networks[1], clock=lambda: cluster.now, limits=small)
+    assert restarted.state.height == height and restarted.replica.view >= 3
+    largest = max((raw for _, raw in restarted.chain.load_wal_entries()), key=len)
+    assert len(largest) > limit
+    with pytest.raises(DecodeError):  # what a peer's copy of it gets
+        decode_consensus_message(largest, MESSAGE_TYPES, small)
 
 
 def run_txs_then_a_primary_crash(cluster: Cluster) -> list[list[int]]:
