@@ -180,8 +180,9 @@ FETCHED_BLOCK_OTHER_PARENT = f"fetched block rejected: {REASON_PARENT_HASH}"
 # Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
 RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
-# A NEW-VIEW holds a quorum of VIEW-CHANGEs with their payloads: 11 x 16 blocks of 4 MiB
-# at n = 16 would be 704 MiB. Records this node wrote decode up to this.
+# A NEW-VIEW holds a quorum of VIEW-CHANGEs with their payloads: at n = 16, 11 copies of
+# 16 checkpoint-interval blocks of 4 MiB are 704 MiB. Records this node wrote decode up to
+# this (the digest-only view change of docs/node.md's gap list would make it moot).
 WAL_RECORD_SIZE_MAX_BYTES = 1024 * 1024 * 1024
 # What the oversize warning calls the messages that can outgrow a frame.
 OVERSIZE_MESSAGE_NAMES: dict[type, str] = {ViewChange: "VIEW-CHANGE", NewView: "NEW-VIEW"}
