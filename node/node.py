@@ -578,7 +578,10 @@ class Driver:
         if size <= self.frame_size_max_bytes:
             return
         kind = OVERSIZE_MESSAGE_NAMES.get(type(message), type(message).__name__)
-        view = message.new_view if isinstance(message, ViewChange) else self.replica.view
+        if isinstance(message, ViewChange):
+            view = message.new_view
+        else:
+            view = message.view if isinstance(message, NewView) else self.replica.view
         if self.oversize_warned == (kind, view):
             return
         self.oversize_warned = (kind, view)
