@@ -19,6 +19,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 CONFIG_RELATIVE_PATH = Path("config") / "config.toml"
+PUBLIC_KEY_HEX_CHARS = 64
 
 
 class CommandError(Exception):
@@ -46,6 +47,18 @@ def run(prog: str, body: Callable[[argparse.Namespace], int],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_ERROR
+
+
+def parse_public_key(text: str, option: str) -> bytes:
+    """A 64-hex-char Ed25519 public key given on the command line (any case)."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(text) != PUBLIC_KEY_HEX_CHARS or len(key) != PUBLIC_KEY_HEX_CHARS // 2:
+        raise CommandError(f"{option}: {text!r} is not a public key ({PUBLIC_KEY_HEX_CHARS} "
+                           "hex chars, as `bcfl keys show` prints)")
+    return key
 
 
 def get_config_path(home: Path) -> Path:

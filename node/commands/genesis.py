@@ -24,7 +24,13 @@ import datetime
 import time
 from pathlib import Path
 
-from node.commands._common import EXIT_OK, CommandError, load_home_config, run
+from node.commands._common import (
+    EXIT_OK,
+    CommandError,
+    load_home_config,
+    parse_public_key,
+    run,
+)
 from node.commands.testnet import DEFAULT_BALANCE, add_task_arguments, get_task_section
 from node.genesis import (
     ROLES,
@@ -39,8 +45,6 @@ from node.genesis import (
     save_genesis,
 )
 from node.keys import KeyFileError, load_key_file
-
-KEY_HEX_CHARS = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,18 +82,6 @@ def _split_spec(spec: str, option: str, low: int, high: int) -> list[str]:
     return parts
 
 
-def _parse_public_key(text: str, option: str) -> bytes:
-    """A 64-hex-char public key (any case: genesis stores lowercase)."""
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(text) != KEY_HEX_CHARS or len(key) != KEY_HEX_CHARS // 2:
-        raise CommandError(f"{option}: {text!r} is not a public key ({KEY_HEX_CHARS} hex "
-                           "chars, as `bcfl keys show` prints)")
-    return key
-
-
 def _parse_address(text: str, option: str) -> tuple[str, int]:
     """``HOST:PORT``; the port follows the last colon, so an IPv6 host needs no brackets."""
     host, colon, port = text.rpartition(":")
@@ -103,7 +95,7 @@ def parse_validator(spec: str) -> ValidatorInfo:
     name, key, p2p, api = _split_spec(spec, "--validator", 4, 4)
     p2p_host, p2p_port = _parse_address(p2p, f"--validator {name}")
     api_host, api_port = _parse_address(api, f"--validator {name}")
-    return ValidatorInfo(name, _parse_public_key(key, f"--validator {name}"),
+    return ValidatorInfo(name, parse_public_key(key, f"--validator {name}"),
                          p2p_host, p2p_port, api_host, api_port)
 
 
@@ -112,14 +104,14 @@ def parse_member(spec: str) -> Member:
     role = rest[0] if rest else "both"
     if role not in ROLES:
         raise CommandError(f"--member {spec!r}: role must be one of {', '.join(ROLES)}")
-    return Member(name, _parse_public_key(key, f"--member {name}"), role)
+    return Member(name, parse_public_key(key, f"--member {name}"), role)
 
 
 def parse_fund(spec: str, default_amount: int) -> tuple[bytes, int]:
     key, *rest = _split_spec(spec, "--fund", 1, 2)
     if rest and not rest[0].isdigit():
         raise CommandError(f"--fund {spec!r}: the amount must be a whole number")
-    return _parse_public_key(key, "--fund"), int(rest[0]) if rest else default_amount
+    return parse_public_key(key, "--fund"), int(rest[0]) if rest else default_amount
 
 
 def get_balances(members: list[Member], funds: list[tuple[bytes, int]],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from node.client import DEFAULT_URL, Client, ClientError, get_tx_hash_hex, make_transfer
 from node.codec import MEMO_SIZE_MAX_BYTES
-from node.commands._common import EXIT_OK, CommandError, run
+from node.commands._common import EXIT_OK, CommandError, parse_public_key, run
 from node.keys import KeyFileError, load_key_file
 
 POLL_INTERVAL_S = 0.2
@@ -41,16 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_recipient(text: str) -> bytes:
-    try:
-        recipient = bytes.fromhex(text)
-    except ValueError:
-        recipient = b""
-    if len(recipient) != 32:
-        raise CommandError(f"--to {text!r}: expected a public key of 64 hex characters")
-    return recipient
-
-
 def wait_for_commit(client: Client, tx_hash: str, timeout_s: float) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -67,7 +57,7 @@ def wait_for_commit(client: Client, tx_hash: str, timeout_s: float) -> dict[str,
 
 
 def _send(args: argparse.Namespace) -> int:
-    recipient = _parse_recipient(args.to)
+    recipient = parse_public_key(args.to, "--to")
     if not 0 <= args.amount < U64_LIMIT:
         raise CommandError(f"--amount {args.amount}: must be a u64")
     if args.nonce is not None and not 0 <= args.nonce < U64_LIMIT:
