@@ -580,8 +580,10 @@ class Driver:
         kind = OVERSIZE_MESSAGE_NAMES.get(type(message), type(message).__name__)
         if isinstance(message, ViewChange):
             view = message.new_view
-        else:
-            view = message.view if isinstance(message, NewView) else self.replica.view
+        elif isinstance(message, NewView):
+            view = message.view
+        else:  # no other message carries payloads of more than one block
+            view = self.replica.view
         if self.oversize_warned == (kind, view):
             return
         self.oversize_warned = (kind, view)
