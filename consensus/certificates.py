@@ -20,6 +20,7 @@ from consensus.messages import (
     Evidence,
     NewView,
     PreparedCertificate,
+    PreparedProof,
     SignedBody,
     ViewChange,
     Vote,
@@ -88,23 +89,35 @@ def verify_checkpoint_proof(
     )
 
 
-def verify_prepared_certificate(
+def compute_prepared_proof(
+    validator: BlockValidator, cert: PreparedCertificate
+) -> PreparedProof:
+    """What a VIEW-CHANGE carries for a prepared certificate: the payload replaced by the
+    header (the certificate's payload was validated when its pre-prepare was accepted)."""
+    pp = cert.pre_prepare
+    header = validator.get_block_header(pp.payload)
+    return PreparedProof(pp.vote, pp.parent_digest, header, cert.prepares)
+
+
+def verify_prepared_proof(
     auth: Authenticator,
     config: ReplicaConfig,
     validator: BlockValidator,
-    cert: PreparedCertificate,
+    proof: PreparedProof,
 ) -> bool:
-    pp = cert.pre_prepare
-    vote = pp.vote
+    """True iff the pre-prepare and quorum-1 prepares are valid and match, and the header
+    is the block's at that seq over ``parent_digest`` (it hashes to the voted digest), so a
+    sender cannot claim another parent for a block that others prepared."""
+    vote = proof.pre_prepare
     if vote.phase != PHASE_PRE_PREPARE or vote.signer != config.get_primary(vote.view):
         return False
     if not verify_vote(auth, config.n, vote):
         return False
-    if not config.quorum - 1 <= len(cert.prepares) <= config.n - 1:
+    if not config.quorum - 1 <= len(proof.prepares) <= config.n - 1:
         return False
-    if len({p.signer for p in cert.prepares}) != len(cert.prepares):
+    if len({p.signer for p in proof.prepares}) != len(proof.prepares):
         return False
-    for prepare in cert.prepares:
+    for prepare in proof.prepares:
         if (
             prepare.phase != PHASE_PREPARE
             or prepare.signer == vote.signer
@@ -112,7 +125,9 @@ def verify_prepared_certificate(
             or not verify_vote(auth, config.n, prepare)
         ):
             return False
-    return validator.validate_block(vote.seq, pp.parent_digest, pp.payload) == vote.digest
+    if len(proof.parent_digest) != DIGEST_SIZE_BYTES:
+        return False
+    return validator.validate_header(vote.seq, proof.parent_digest, proof.header) == vote.digest
 
 
 def verify_view_change(
@@ -129,16 +144,16 @@ def verify_view_change(
         return False
     if len(vc.prepared) > config.window_size:
         return False
-    seqs = [c.pre_prepare.vote.seq for c in vc.prepared]
+    seqs = [p.pre_prepare.seq for p in vc.prepared]
     if len(set(seqs)) != len(seqs):
         return False
-    for cert in vc.prepared:
-        vote = cert.pre_prepare.vote
+    for proof in vc.prepared:
+        vote = proof.pre_prepare
         if not vc.checkpoint_seq < vote.seq <= vc.checkpoint_seq + config.window_size:
             return False
         if vote.view >= vc.new_view:
             return False
-        if not verify_prepared_certificate(auth, config, validator, cert):
+        if not verify_prepared_proof(auth, config, validator, proof):
             return False
     return True
 
@@ -150,7 +165,7 @@ class NewViewPlan:
     base_seq: int
     base_digest: bytes
     base_proof: tuple[Checkpoint, ...]
-    blocks: tuple[PreparedCertificate, ...]  # consecutive seqs from base_seq + 1, chained
+    blocks: tuple[PreparedProof, ...]  # consecutive seqs from base_seq + 1, chained
 
 
 def compute_new_view_plan(view_changes: tuple[ViewChange, ...]) -> NewViewPlan:
@@ -165,21 +180,21 @@ def compute_new_view_plan(view_changes: tuple[ViewChange, ...]) -> NewViewPlan:
     assert view_changes
     best_vc = max(view_changes, key=lambda vc: (vc.checkpoint_seq, vc.signer))
     base_seq, base_digest = best_vc.checkpoint_seq, best_vc.checkpoint_digest
-    chosen: dict[int, PreparedCertificate] = {}
+    chosen: dict[int, PreparedProof] = {}
     for vc in view_changes:
-        for cert in vc.prepared:
-            vote = cert.pre_prepare.vote
+        for proof in vc.prepared:
+            vote = proof.pre_prepare
             if vote.seq <= base_seq:
                 continue
             current = chosen.get(vote.seq)
-            if current is None or vote.view > current.pre_prepare.vote.view:
-                chosen[vote.seq] = cert
-    blocks: list[PreparedCertificate] = []
+            if current is None or vote.view > current.pre_prepare.view:
+                chosen[vote.seq] = proof
+    blocks: list[PreparedProof] = []
     parent = base_digest
     seq = base_seq + 1
-    while seq in chosen and chosen[seq].pre_prepare.parent_digest == parent:
+    while seq in chosen and chosen[seq].parent_digest == parent:
         blocks.append(chosen[seq])
-        parent = chosen[seq].pre_prepare.vote.digest
+        parent = chosen[seq].pre_prepare.digest
         seq += 1
     return NewViewPlan(base_seq, base_digest, best_vc.checkpoint_proof, tuple(blocks))
 
@@ -202,8 +217,8 @@ def verify_new_view(
     plan = compute_new_view_plan(vcs)
     if len(nv.pre_prepares) != len(plan.blocks):
         return None
-    for vote, cert in zip(nv.pre_prepares, plan.blocks, strict=True):
-        expected = cert.pre_prepare.vote
+    for vote, proof in zip(nv.pre_prepares, plan.blocks, strict=True):
+        expected = proof.pre_prepare
         if (
             vote.phase != PHASE_PRE_PREPARE
             or vote.signer != nv.signer

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consensus.certificates import is_well_formed_vote, verify_signature
-from consensus.config import ReplicaConfig
+from consensus.config import DIGEST_SIZE_BYTES, ReplicaConfig
 from consensus.interfaces import Authenticator
 from consensus.messages import (
     PEER_MESSAGE_TYPES,
@@ -20,6 +20,8 @@ from consensus.messages import (
     PHASE_PREPARE,
     Checkpoint,
     NewView,
+    PayloadReply,
+    PayloadRequest,
     PeerMessage,
     PrePrepare,
     Status,
@@ -80,6 +82,8 @@ def classify(
         verdict = Verdict(PROCESS) if message.new_view >= 1 else Verdict(DISCARD, REASON_MALFORMED)
     elif isinstance(message, NewView | Status):
         verdict = Verdict(PROCESS)
+    elif isinstance(message, PayloadRequest | PayloadReply):
+        verdict = classify_payload_message(state, message)
     else:
         verdict = Verdict(DISCARD, REASON_MALFORMED)
     if verdict.kind == DISCARD:
@@ -111,6 +115,16 @@ def classify_vote(config: ReplicaConfig, state: EdgeState, message: PrePrepare |
         return Verdict(STASH, REASON_FUTURE)
     if state.is_duplicate(vote):
         return Verdict(DISCARD, REASON_DUPLICATE)
+    return Verdict(PROCESS)
+
+
+def classify_payload_message(state: EdgeState, message: PayloadRequest | PayloadReply) -> Verdict:
+    """Payloads move by digest in any view; only blocks above the stable checkpoint and
+    inside the window are ever re-proposed, so only those are asked for or accepted."""
+    if len(message.digest) != DIGEST_SIZE_BYTES:
+        return Verdict(DISCARD, REASON_MALFORMED)
+    if not state.low_seq < message.seq <= state.high_seq:
+        return Verdict(DISCARD, REASON_OUTSIDE_WINDOW)
     return Verdict(PROCESS)
 
 

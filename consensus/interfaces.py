@@ -20,9 +20,16 @@ class Authenticator(Protocol):
 
 
 class BlockValidator(Protocol):
-    """Checks a block payload for slot ``seq`` whose parent is ``parent_digest``.
+    """Checks blocks for the core; a block's digest is the hash of its header.
 
-    Returns the block's 32-byte digest, or a ``str`` naming why it is rejected.
+    ``validate_block`` checks a payload for slot ``seq`` whose parent is ``parent_digest``;
+    ``validate_header`` checks only a header (what a VIEW-CHANGE carries) for the same.
+    Both return the block's 32-byte digest, or a ``str`` naming why it is rejected.
+    ``get_block_header`` returns the header of a payload ``validate_block`` accepted.
     """
 
     def validate_block(self, seq: int, parent_digest: bytes, payload: bytes) -> bytes | str: ...
+
+    def validate_header(self, seq: int, parent_digest: bytes, header: bytes) -> bytes | str: ...
+
+    def get_block_header(self, payload: bytes) -> bytes: ...

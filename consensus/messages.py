@@ -4,6 +4,12 @@ Field types are restricted to what ``node/codec.py`` encodes: ``int`` (u64), ``b
 ``bytes``, ``str``, ``tuple[T, ...]``, ``T | None`` and nested frozen dataclasses.
 Every top-level class has a unique ``KIND`` and is listed in ``MESSAGE_TYPES``.
 
+View change is digest-only (PBFT's own form): a VIEW-CHANGE proves each prepared block
+with its votes and its small header (``PreparedProof``), never its payload, so its size
+does not grow with block size. A replica that lacks a payload a NEW-VIEW re-proposes asks
+holders for it by digest (``PayloadRequest``/``PayloadReply``); the digest authenticates
+the answer.
+
 Signing: a message's signed body is the message itself with ``signature`` emptied
 (``get_signing_body``). PRE-PREPARE, PREPARE and COMMIT are all a signed ``Vote``
 (phase, view, seq, digest), so PRE-PREPARE's payload is *not* under the signature:
@@ -67,16 +73,29 @@ class PreparedCertificate:
 
 
 @dataclass(frozen=True)
+class PreparedProof:
+    """A prepared certificate as a VIEW-CHANGE carries it: the pre-prepare's signed vote,
+    the block's parent digest and header (which the block digest is the hash of, so they
+    are bound to the votes without the payload) and quorum-1 matching prepares."""
+
+    KIND: ClassVar[int] = 12
+    pre_prepare: Vote
+    parent_digest: bytes
+    header: bytes
+    prepares: tuple[Vote, ...]
+
+
+@dataclass(frozen=True)
 class ViewChange:
-    """VIEW-CHANGE to ``new_view``: the sender's stable checkpoint (with proof) and every
-    prepared certificate it holds above it."""
+    """VIEW-CHANGE to ``new_view``: the sender's stable checkpoint (with proof) and a proof
+    of every prepared certificate it holds above it."""
 
     KIND: ClassVar[int] = 5
     new_view: int
     checkpoint_seq: int
     checkpoint_digest: bytes
     checkpoint_proof: tuple[Checkpoint, ...]
-    prepared: tuple[PreparedCertificate, ...]
+    prepared: tuple[PreparedProof, ...]
     signer: int
     signature: bytes
 
@@ -84,7 +103,7 @@ class ViewChange:
 @dataclass(frozen=True)
 class NewView:
     """NEW-VIEW: a quorum of view-changes and the primary's signed pre-prepare votes for
-    every block re-proposed from them (payloads come from the certificates inside)."""
+    every block re-proposed from them (payloads: each replica's own, or fetched by digest)."""
 
     KIND: ClassVar[int] = 6
     view: int
@@ -142,16 +161,51 @@ class StableCheckpoint:
     proof: tuple[Checkpoint, ...]
 
 
+@dataclass(frozen=True)
+class PayloadRequest:
+    """Ask a peer for the payload of block ``digest`` at ``seq`` (not yet committed)."""
+
+    KIND: ClassVar[int] = 13
+    seq: int
+    digest: bytes
+    signer: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class PayloadReply:
+    """A block payload asked for by digest; the requester checks it hashes to ``digest``."""
+
+    KIND: ClassVar[int] = 14
+    seq: int
+    digest: bytes
+    payload: bytes
+    signer: int
+    signature: bytes
+
+
 # Messages replicas send one another (the classifier's domain).
-PEER_MESSAGE_TYPES: tuple[type, ...] = (Vote, PrePrepare, Checkpoint, ViewChange, NewView, Status)
+PEER_MESSAGE_TYPES: tuple[type, ...] = (
+    Vote,
+    PrePrepare,
+    Checkpoint,
+    ViewChange,
+    NewView,
+    Status,
+    PayloadRequest,
+    PayloadReply,
+)
 MESSAGE_TYPES: tuple[type, ...] = (
     Vote,
     PrePrepare,
     Checkpoint,
     PreparedCertificate,
+    PreparedProof,
     ViewChange,
     NewView,
     Status,
+    PayloadRequest,
+    PayloadReply,
     Evidence,
     CommitCertificate,
     FetchedBlock,
@@ -159,8 +213,12 @@ MESSAGE_TYPES: tuple[type, ...] = (
 )
 assert len({t.KIND for t in MESSAGE_TYPES}) == len(MESSAGE_TYPES)  # type: ignore[attr-defined]
 
-PeerMessage = Vote | PrePrepare | Checkpoint | ViewChange | NewView | Status
-SignedBody = Vote | Checkpoint | ViewChange | NewView | Status
+PeerMessage = (
+    Vote | PrePrepare | Checkpoint | ViewChange | NewView | Status | PayloadRequest | PayloadReply
+)
+SignedBody = (
+    Vote | Checkpoint | ViewChange | NewView | Status | PayloadRequest | PayloadReply
+)
 
 
 def get_signed_part(message: PeerMessage) -> SignedBody:

@@ -15,6 +15,11 @@ per failed attempt, capped), or told by its node that a valid request waited too
 (``SuspectPrimary``: a primary that makes progress but censors), sends VIEW-CHANGE
 with its stable checkpoint and prepared certificates; the new primary's NEW-VIEW
 carries a quorum of them and re-proposes the chain ``compute_new_view_plan`` selects.
+View change is digest-only: VIEW-CHANGE proves each prepared block by its votes and header,
+so its size does not grow with the blocks. A replica lacking a re-proposed payload asks
+holders for it by digest, one at a time (``PayloadRequest``); the new primary sends its
+NEW-VIEW only once it holds every payload, preferring view-changes whose senders served
+theirs, so an honest primary's backups can always fetch from it.
 Catch-up: replicas exchange STATUS heartbeats; a replica that stalls behind f+1 peers
 (or sees a quorum checkpoint it lacks) asks the node to fetch blocks, and accepts each
 only with a valid commit certificate.
@@ -24,11 +29,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from consensus.certificates import (
     NewViewPlan,
     compute_new_view_plan,
+    compute_prepared_proof,
     verify_commit_certificate,
     verify_new_view,
     verify_view_change,
@@ -62,8 +68,11 @@ from consensus.messages import (
     Evidence,
     FetchedBlock,
     NewView,
+    PayloadReply,
+    PayloadRequest,
     PeerMessage,
     PreparedCertificate,
+    PreparedProof,
     PrePrepare,
     StableCheckpoint,
     Status,
@@ -90,6 +99,20 @@ class Slot:
     commits: dict[int, Vote] = field(default_factory=dict)
     own_prepare: Vote | None = None
     prepared: bool = False
+
+
+@dataclass
+class _AwaitedPayload:
+    """A re-proposed block whose payload this replica lacks: asked of one holder at a time,
+    the next one after ``fetch_timeout_ticks``."""
+
+    digest: bytes
+    parent_digest: bytes
+    holders: tuple[int, ...]  # peers that vouched for the block, in the order to ask them
+    vote: Vote | None  # the installed view's pre-prepare; None: a primary before NEW-VIEW
+    attempt: int = -1
+    asked: set[int] = field(default_factory=set)
+    deadline_tick: int = 0
 
 
 @dataclass
@@ -122,7 +145,13 @@ class Replica:
         self.last_delivery_tick = 0
         self.delivered_digests: dict[int, bytes] = {0: config.genesis_digest}
         self.slots: dict[int, Slot] = {}
-        self.previous_pre_prepares: dict[int, Vote] = {}
+        # The latest pre-prepare accepted at each seq in an earlier view: evidence against an
+        # equivocating old primary, and a payload a NEW-VIEW may re-propose.
+        self.previous_pre_prepares: dict[int, PrePrepare] = {}
+        self.awaited: dict[int, _AwaitedPayload] = {}
+        self.fetched_payloads: dict[tuple[int, bytes], tuple[bytes, bytes]] = {}
+        self.payloads_served: dict[tuple[int, int], int] = {}
+        self.unserved: set[int] = set()  # view-change senders that did not serve a payload
         self.prepared_certs: dict[int, PreparedCertificate] = {}
         self.next_proposal_seq = 1
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
@@ -214,6 +243,9 @@ class Replica:
             "view_changes": len(self.view_changes),
             "evidence": len(self.evidence),
             "stash": self.stash_count,
+            "awaited_payloads": len(self.awaited),
+            "fetched_payloads": len(self.fetched_payloads),
+            "payloads_served": len(self.payloads_served),
         }
 
     def get_memory_bounds(self) -> dict[str, int]:
@@ -228,6 +260,9 @@ class Replica:
             "view_changes": c.n,
             "evidence": c.evidence_max,
             "stash": c.stash_total_max,
+            "awaited_payloads": c.window_size,
+            "fetched_payloads": c.window_size,
+            "payloads_served": c.n * c.window_size,
         }
 
     # ---- dispatch -----------------------------------------------------------------------
@@ -266,6 +301,10 @@ class Replica:
             self._on_view_change(message)
         elif isinstance(message, NewView):
             self._on_new_view(message)
+        elif isinstance(message, PayloadRequest):
+            self._on_payload_request(message)
+        elif isinstance(message, PayloadReply):
+            self._on_payload_reply(message)
         else:
             assert isinstance(message, Status)
             self._on_status(message)
@@ -322,6 +361,10 @@ class Replica:
 
     def _on_pre_prepare(self, message: PrePrepare) -> None:
         vote = message.vote
+        awaited = self.awaited.get(vote.seq)
+        if awaited is not None and awaited.vote is not None:
+            self._on_awaited_pre_prepare(message, awaited)
+            return
         slot = self.slots.setdefault(vote.seq, Slot())
         if slot.pre_prepare is not None:
             self._check_equivocation(slot.pre_prepare.vote, vote)
@@ -332,6 +375,22 @@ class Replica:
             return
         slot.pre_prepare = message
         self._advance(vote.seq)
+
+    def _on_awaited_pre_prepare(self, message: PrePrepare, awaited: _AwaitedPayload) -> None:
+        """The NEW-VIEW already fixed this slot's vote: the primary may still send the block
+        itself, and anything else it signs for the slot is equivocation."""
+        vote = message.vote
+        assert awaited.vote is not None
+        if vote.digest != awaited.vote.digest:
+            self._check_equivocation(awaited.vote, vote)
+            return
+        if message.parent_digest != awaited.parent_digest or (
+            self.validator.validate_block(vote.seq, message.parent_digest, message.payload)
+            != awaited.digest
+        ):
+            self._out.append(Discard(vote.signer, "invalid block"))
+            return
+        self._fill_awaited(vote.seq, message.payload)
 
     def _on_vote(self, vote: Vote) -> None:
         if vote.phase == PHASE_PREPARE and vote.signer == self.config.get_primary(vote.view):
@@ -509,6 +568,9 @@ class Replica:
         self.previous_pre_prepares = {
             s: v for s, v in self.previous_pre_prepares.items() if s > seq
         }
+        self.awaited = {s: a for s, a in self.awaited.items() if s > seq}
+        self.fetched_payloads = {k: v for k, v in self.fetched_payloads.items() if k[0] > seq}
+        self.payloads_served = {k: t for k, t in self.payloads_served.items() if k[1] > seq}
         self.delivered_digests = {
             s: d for s, d in self.delivered_digests.items() if seq <= s <= self.high_seq
         }
@@ -578,6 +640,120 @@ class Replica:
         if self.active:
             self._advance(self.last_delivered_seq + 1)
 
+    # ---- payloads by digest -------------------------------------------------------------
+
+    def _find_payload(self, seq: int, digest: bytes) -> tuple[bytes, bytes] | None:
+        """(parent digest, payload) of block ``digest`` at ``seq``, if this replica holds it."""
+        slot = self.slots.get(seq)
+        cert = self.prepared_certs.get(seq)
+        for pp in (
+            slot.pre_prepare if slot is not None else None,
+            cert.pre_prepare if cert is not None else None,
+            self.previous_pre_prepares.get(seq),
+        ):
+            if pp is not None and pp.vote.digest == digest:
+                return pp.parent_digest, pp.payload
+        return self.fetched_payloads.get((seq, digest))
+
+    @staticmethod
+    def _get_payload_holders(
+        seq: int, digest: bytes, view_changes: Sequence[ViewChange], first: int | None
+    ) -> tuple[int, ...]:
+        """Who should hold block ``digest``: ``first`` (an installed view's primary), then
+        the view-change senders that proved it prepared, then its voters (each accepted
+        it), each in index order."""
+        senders: set[int] = set()
+        voters: set[int] = set()
+        for vc in view_changes:
+            for proof in vc.prepared:
+                if (proof.pre_prepare.seq, proof.pre_prepare.digest) == (seq, digest):
+                    senders.add(vc.signer)
+                    voters.add(proof.pre_prepare.signer)
+                    voters.update(p.signer for p in proof.prepares)
+        ordered = [first] if first is not None else []
+        ordered += sorted(senders) + sorted(voters)
+        return tuple(dict.fromkeys(ordered))
+
+    def _await_payload(
+        self,
+        seq: int,
+        proof: PreparedProof,
+        holders: tuple[int, ...],
+        vote: Vote | None,
+        ask_now: bool = True,
+    ) -> None:
+        holders = tuple(h for h in holders if h != self.me)
+        if not holders:
+            return  # nobody to ask: the view-change timer moves on
+        awaited = _AwaitedPayload(proof.pre_prepare.digest, proof.parent_digest, holders, vote)
+        self.awaited[seq] = awaited
+        if ask_now:
+            self._ask_for_payload(seq, awaited)
+
+    def _ask_for_payload(self, seq: int, awaited: _AwaitedPayload) -> None:
+        awaited.attempt += 1
+        holder = awaited.holders[awaited.attempt % len(awaited.holders)]
+        awaited.asked.add(holder)
+        awaited.deadline_tick = self.now_tick + self.config.fetch_timeout_ticks
+        body = PayloadRequest(seq, awaited.digest, self.me, b"")
+        self._out.append(Send(holder, replace(body, signature=self.auth.sign(body))))
+
+    def _retry_awaited_payloads(self) -> None:
+        exhausted = False
+        for seq in sorted(self.awaited):
+            awaited = self.awaited[seq]
+            if self.now_tick < awaited.deadline_tick:
+                continue
+            if awaited.vote is None and awaited.attempt + 1 >= len(awaited.holders):
+                # Every holder was asked: a NEW-VIEW built from view-changes whose senders
+                # serve their payloads can still complete, so prefer those.
+                exhausted = exhausted or not awaited.asked <= self.unserved
+                self.unserved.update(awaited.asked)
+            self._ask_for_payload(seq, awaited)
+        if exhausted:
+            self._check_view_change_quorum()
+
+    def _fill_awaited(self, seq: int, payload: bytes) -> None:
+        awaited = self.awaited.pop(seq)
+        if awaited.vote is None:
+            self.fetched_payloads[(seq, awaited.digest)] = (awaited.parent_digest, payload)
+            self._check_view_change_quorum()
+            return
+        slot = self.slots.setdefault(seq, Slot())
+        slot.pre_prepare = PrePrepare(awaited.vote, awaited.parent_digest, payload)
+        self._advance(seq)
+
+    def _get_serve_interval_ticks(self) -> int:
+        return max(1, self.config.fetch_timeout_ticks // 2)
+
+    def _on_payload_request(self, request: PayloadRequest) -> None:
+        if request.signer == self.me:
+            return
+        found = self._find_payload(request.seq, request.digest)
+        if found is None:
+            self._out.append(Discard(request.signer, "payload request for a block not held"))
+            return
+        key = (request.signer, request.seq)
+        last = self.payloads_served.get(key)
+        if last is not None and self.now_tick - last < self._get_serve_interval_ticks():
+            self._out.append(Discard(request.signer, "payload request repeated too soon"))
+            return
+        self.payloads_served[key] = self.now_tick
+        body = PayloadReply(request.seq, request.digest, found[1], self.me, b"")
+        self._out.append(Send(request.signer, replace(body, signature=self.auth.sign(body))))
+
+    def _on_payload_reply(self, reply: PayloadReply) -> None:
+        awaited = self.awaited.get(reply.seq)
+        if awaited is None or reply.signer not in awaited.asked or reply.digest != awaited.digest:
+            self._out.append(Discard(reply.signer, "payload not asked for"))
+            return
+        digest = self.validator.validate_block(reply.seq, awaited.parent_digest, reply.payload)
+        if digest != awaited.digest:
+            awaited.asked.discard(reply.signer)
+            self._out.append(Discard(reply.signer, "payload does not match its digest"))
+            return
+        self._fill_awaited(reply.seq, reply.payload)
+
     # ---- view change --------------------------------------------------------------------
 
     def _get_timeout_ticks(self) -> int:
@@ -589,29 +765,18 @@ class Replica:
         assert new_view > self.view
         self.view = new_view
         self.backoff = min(self.backoff + 1, self.config.timeout_backoff_max)
-        # Remember the old view's pre-prepares: certificates in view-changes may reveal that
-        # the primary signed a different block for the same seq to someone else.
-        if self.active:
-            self.previous_pre_prepares = {
-                seq: slot.pre_prepare.vote
-                for seq, slot in self.slots.items()
-                if slot.pre_prepare is not None
-            }
+        self._remember_pre_prepares()
         self.active = False
         self.slots = {}
-        certs = tuple(self.prepared_certs[s] for s in sorted(self.prepared_certs))
+        self._forget_payload_fetches()
+        proofs = tuple(
+            compute_prepared_proof(self.validator, self.prepared_certs[s])
+            for s in sorted(self.prepared_certs)
+        )
         body = ViewChange(
-            new_view, self.low_seq, self.low_digest, self.stable_proof, certs, self.me, b""
+            new_view, self.low_seq, self.low_digest, self.stable_proof, proofs, self.me, b""
         )
-        vc = ViewChange(
-            new_view,
-            self.low_seq,
-            self.low_digest,
-            self.stable_proof,
-            certs,
-            self.me,
-            self.auth.sign(body),
-        )
+        vc = replace(body, signature=self.auth.sign(body))
         self.own_view_change = vc
         self.view_changes[self.me] = vc
         self.view_change_deadline_tick = None
@@ -619,6 +784,20 @@ class Replica:
         self._out.append(Persist(vc))
         self._out.append(Broadcast(vc))
         self._check_view_change_quorum()
+
+    def _remember_pre_prepares(self) -> None:
+        """Keep the view's accepted pre-prepares past its end: certificates in view-changes
+        may reveal that the primary signed a different block for the same seq to someone
+        else, and a NEW-VIEW may re-propose one of these blocks."""
+        if self.active:
+            for seq, slot in self.slots.items():
+                if slot.pre_prepare is not None:
+                    self.previous_pre_prepares[seq] = slot.pre_prepare
+
+    def _forget_payload_fetches(self) -> None:
+        self.awaited = {}
+        self.fetched_payloads = {}
+        self.unserved = set()
 
     def _on_suspect_primary(self) -> None:
         # A primary never suspects itself, and a replica already changing view has
@@ -657,11 +836,11 @@ class Replica:
         self._check_view_change_quorum()
 
     def _check_certificates_for_equivocation(self, vc: ViewChange) -> None:
-        for cert in vc.prepared:
-            vote = cert.pre_prepare.vote
+        for proof in vc.prepared:
+            vote = proof.pre_prepare
             mine = self.previous_pre_prepares.get(vote.seq)
-            if mine is not None and mine.view == vote.view:
-                self._check_equivocation(mine, vote)
+            if mine is not None and mine.vote.view == vote.view:
+                self._check_equivocation(mine.vote, vote)
 
     def _resend_new_view(self, to: int) -> None:
         if self.new_view_message is None:
@@ -682,20 +861,40 @@ class Replica:
             self.view_change_deadline_tick = self.now_tick + self._get_timeout_ticks()
         if self.config.get_primary(self.view) != self.me or self.own_view_change is None:
             return
-        others = sorted((vc for vc in voters if vc.signer != self.me), key=lambda vc: vc.signer)
+        others = sorted(
+            (vc for vc in voters if vc.signer != self.me),
+            key=lambda vc: (vc.signer in self.unserved, vc.signer),
+        )
         chosen = (self.own_view_change, *others[: self.config.quorum - 1])
         plan = compute_new_view_plan(chosen)
+        if not self._hold_plan_payloads(plan, chosen):
+            return
         votes = tuple(
-            self._sign_vote(
-                PHASE_PRE_PREPARE, self.view, c.pre_prepare.vote.seq, c.pre_prepare.vote.digest
-            )
-            for c in plan.blocks
+            self._sign_vote(PHASE_PRE_PREPARE, self.view, p.pre_prepare.seq, p.pre_prepare.digest)
+            for p in plan.blocks
         )
         body = NewView(self.view, chosen, votes, self.me, b"")
         nv = NewView(self.view, chosen, votes, self.me, self.auth.sign(body))
         self._out.append(Persist(nv))
         self._out.append(Broadcast(nv))
         self._install_view(nv, plan)
+
+    def _hold_plan_payloads(self, plan: NewViewPlan, chosen: Sequence[ViewChange]) -> bool:
+        """True once this (new primary) replica holds every payload the plan re-proposes in
+        its window; until then, ask for the missing ones and forget those no longer needed."""
+        needed: set[int] = set()
+        for proof in plan.blocks:
+            seq, digest = proof.pre_prepare.seq, proof.pre_prepare.digest
+            if not self.low_seq < seq <= self.high_seq or self._find_payload(seq, digest):
+                continue
+            needed.add(seq)
+            awaited = self.awaited.get(seq)
+            if awaited is None or awaited.digest != digest:
+                holders = self._get_payload_holders(seq, digest, chosen, None)
+                self._await_payload(seq, proof, holders, None)
+        for seq in [s for s in self.awaited if s not in needed]:
+            del self.awaited[seq]
+        return not needed
 
     def _on_new_view(self, nv: NewView) -> None:
         if nv.view < self.view or (self.active and nv.view == self.view):
@@ -707,24 +906,31 @@ class Replica:
         self._install_view(nv, plan)
 
     def _install_view(self, nv: NewView, plan: NewViewPlan) -> None:
+        self._remember_pre_prepares()  # a NEW-VIEW may reach a replica still in its old view
+        payloads = [self._find_payload(vote.seq, vote.digest) for vote in nv.pre_prepares]
         self.view = nv.view
         self.active = True
         self.installed_view = nv.view
         self.new_view_message = nv
-        self.slots = {}
         self.view_change_deadline_tick = None
         self.own_view_change = None
         self.view_changes = {s: vc for s, vc in self.view_changes.items() if vc.new_view > nv.view}
         self.progress_deadline_tick = self.now_tick + self._get_timeout_ticks()
         self.view_base_seq, self.view_base_digest = plan.base_seq, plan.base_digest
+        self.slots = {}
+        self._forget_payload_fetches()
         last_seq = plan.base_seq
-        for vote, cert in zip(nv.pre_prepares, plan.blocks, strict=True):
-            if self.low_seq < vote.seq <= self.high_seq:
-                pp = cert.pre_prepare
-                self.slots[vote.seq] = Slot(
-                    pre_prepare=PrePrepare(vote, pp.parent_digest, pp.payload)
-                )
+        for vote, proof, found in zip(nv.pre_prepares, plan.blocks, payloads, strict=True):
             last_seq = vote.seq
+            if not self.low_seq < vote.seq <= self.high_seq:
+                continue
+            if found is not None:
+                pre_prepare = PrePrepare(vote, proof.parent_digest, found[1])
+                self.slots[vote.seq] = Slot(pre_prepare=pre_prepare)
+                continue
+            self.slots[vote.seq] = Slot()  # collects votes while the payload is fetched
+            holders = self._get_payload_holders(vote.seq, vote.digest, nv.view_changes, nv.signer)
+            self._await_payload(vote.seq, proof, holders, vote)
         if plan.base_seq > self.low_seq:
             if plan.base_seq <= self.last_delivered_seq:
                 if self.delivered_digests.get(plan.base_seq) == plan.base_digest:
@@ -739,7 +945,8 @@ class Replica:
 
     def get_ticks_until_due(self) -> int:
         """How many Ticks until one does something (at least 1): the next STATUS broadcast,
-        the progress or view-change deadline, or a VIEW-CHANGE retransmission. The ticks
+        the progress or view-change deadline, a VIEW-CHANGE retransmission or the next ask
+        for an awaited payload. The ticks
         before it only advance ``now_tick``, so a driver may sleep until then and deliver
         them together (node.Driver.catch_up_ticks)."""
         interval = self.config.status_interval_ticks
@@ -751,6 +958,7 @@ class Replica:
                 self.view_change_deadline_tick]
             if self.own_view_change is not None:
                 deadlines.append(self.retransmit_tick)
+        deadlines += [awaited.deadline_tick for awaited in self.awaited.values()]
         for deadline in deadlines:
             ticks = min(ticks, max(1, deadline - self.now_tick))
         assert 1 <= ticks <= interval
@@ -767,6 +975,7 @@ class Replica:
                 Broadcast(Status(self.view, self.last_delivered_seq, self.me, self.auth.sign(body)))
             )
             self._maybe_fetch_from_statuses()
+        self._retry_awaited_payloads()
         if self.active:
             if self.now_tick >= self.progress_deadline_tick:
                 self._start_view_change(self.view + 1)
@@ -808,6 +1017,17 @@ class Replica:
         self.view = top_view
         self.installed_view = top_view
         self.view_base_seq, self.view_base_digest = self.low_seq, self.low_digest
+        own_pre_prepares: dict[tuple[int, bytes], PrePrepare] = {}
+        for record in records:
+            if isinstance(record, PreparedCertificate):
+                seq = record.pre_prepare.vote.seq
+                current = self.prepared_certs.get(seq)
+                if seq > self.low_seq and (
+                    current is None or current.pre_prepare.vote.view <= record.pre_prepare.vote.view
+                ):
+                    self.prepared_certs[seq] = record
+            elif isinstance(record, PrePrepare):
+                own_pre_prepares[(record.vote.seq, record.vote.digest)] = record
         in_view_change = False
         for record in records:
             if _get_record_view(record) != top_view:
@@ -819,7 +1039,7 @@ class Replica:
             elif isinstance(record, NewView):
                 in_view_change = False
                 self.new_view_message = record
-                self._restore_new_view(record)
+                self._restore_new_view(record, own_pre_prepares)
             elif isinstance(record, PrePrepare):
                 in_view_change = False
                 if record.vote.seq > self.low_seq:
@@ -831,28 +1051,33 @@ class Replica:
                     slot = self.slots.setdefault(record.seq, Slot())
                     slot.own_prepare = record
                     slot.prepares[self.me] = record
-        for record in records:
-            if isinstance(record, PreparedCertificate):
-                seq = record.pre_prepare.vote.seq
-                current = self.prepared_certs.get(seq)
-                if seq > self.low_seq and (
-                    current is None or current.pre_prepare.vote.view <= record.pre_prepare.vote.view
-                ):
-                    self.prepared_certs[seq] = record
         self.active = not in_view_change
         self.retransmit_tick = 0
         self.progress_deadline_tick = self.config.view_change_timeout_ticks
         self.slots = {s: v for s, v in self.slots.items() if self.low_seq < s <= self.high_seq}
+        self.awaited = {s: a for s, a in self.awaited.items() if s in self.slots}
 
-    def _restore_new_view(self, nv: NewView) -> None:
+    def _restore_new_view(
+        self, nv: NewView, own_pre_prepares: dict[tuple[int, bytes], PrePrepare]
+    ) -> None:
         """Reload the pre-prepares this replica signed in its NEW-VIEW, so that after a crash
-        it never proposes a different block for a seq it already re-proposed."""
+        it never proposes a different block for a seq it already re-proposed. A payload it
+        had fetched (not persisted) is fetched again, from the first tick on."""
         plan = compute_new_view_plan(nv.view_changes)
         self.view_base_seq, self.view_base_digest = plan.base_seq, plan.base_digest
-        for vote, cert in zip(nv.pre_prepares, plan.blocks, strict=True):
-            pp = cert.pre_prepare
-            self.slots[vote.seq] = Slot(pre_prepare=PrePrepare(vote, pp.parent_digest, pp.payload))
+        for vote, proof in zip(nv.pre_prepares, plan.blocks, strict=True):
             self.next_proposal_seq = max(self.next_proposal_seq, vote.seq + 1)
+            found = self._find_payload(vote.seq, vote.digest)
+            if found is None and (vote.seq, vote.digest) in own_pre_prepares:
+                own = own_pre_prepares[(vote.seq, vote.digest)]
+                found = own.parent_digest, own.payload
+            if found is not None:
+                pre_prepare = PrePrepare(vote, proof.parent_digest, found[1])
+                self.slots[vote.seq] = Slot(pre_prepare=pre_prepare)
+                continue
+            self.slots[vote.seq] = Slot()
+            holders = self._get_payload_holders(vote.seq, vote.digest, nv.view_changes, None)
+            self._await_payload(vote.seq, proof, holders, vote, ask_now=False)
 
     # ---- invariants ---------------------------------------------------------------------
 
@@ -863,6 +1088,9 @@ class Replica:
         assert self.stash_count <= self.config.stash_total_max
         assert len(self.evidence) <= self.config.evidence_max
         assert len(self.view_changes) <= self.config.n
+        assert all(s in self.slots and self.slots[s].pre_prepare is None for s in self.awaited
+                   if self.awaited[s].vote is not None)
+        assert len(self.awaited) <= self.config.window_size
 
 
 def _get_record_view(record: PersistRecord) -> int:

@@ -4,9 +4,11 @@ From one seed it draws message loss, delay, duplication and reordering, partitio
 heal, crashes and restarts (a restarted replica keeps only its persisted records and its
 delivered chain), request timers firing at some replicas (``SuspectPrimary``, whether
 or not the primary is at fault) and Byzantine replicas (equivocating primary, double
-voter, silent, malformed messages, replayer). After every step it checks agreement,
-certificate validity, gapless prefix chains, bounded memory and evidence against honest
-replicas; after faults heal it checks liveness. Randomness comes only from ``SeededRng(seed)``.
+voter, silent, malformed messages, replayer, one that withholds payloads asked for by
+digest); scenarios may also script drops of one message kind on one link. After every
+step it checks agreement, certificate validity, gapless prefix chains, bounded memory and
+evidence against honest replicas; after faults heal it checks liveness. Randomness comes
+only from ``SeededRng(seed)``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from consensus.messages import (
     PHASE_PREPARE,
     Checkpoint,
     FetchedBlock,
+    PayloadReply,
+    PayloadRequest,
     PeerMessage,
     PrePrepare,
     SignedBody,
@@ -48,8 +52,9 @@ from consensus.messages import (
 from consensus.replica import Replica
 from consensus.rng import SeededRng
 
-BYZANTINE_KINDS = ("equivocate", "double_vote", "silent", "malformed", "replay")
+BYZANTINE_KINDS = ("equivocate", "double_vote", "silent", "malformed", "replay", "withhold")
 SIM_PAYLOAD_PREFIX = b"blk|"
+SIM_HEADER_PREFIX = b"hdr|"
 
 
 class SimAuthenticator:
@@ -70,14 +75,24 @@ class SimAuthenticator:
 
 
 class SimBlockValidator:
-    """Payload ``blk|...``; digest = SHA-256(seq || parent || payload)."""
+    """Payload ``blk|...``; header ``hdr|`` + SHA-256(payload); digest = SHA-256(seq ||
+    parent || header). The header differs from the payload so that a core which used one
+    for the other fails here."""
 
     def validate_block(self, seq: int, parent_digest: bytes, payload: bytes) -> bytes | str:
         if not payload.startswith(SIM_PAYLOAD_PREFIX) or len(payload) > 256:
             return "payload is not a simulator block"
+        return self.validate_header(seq, parent_digest, self.get_block_header(payload))
+
+    def validate_header(self, seq: int, parent_digest: bytes, header: bytes) -> bytes | str:
+        if not header.startswith(SIM_HEADER_PREFIX) or len(header) != len(SIM_HEADER_PREFIX) + 32:
+            return "header is not a simulator header"
         if len(parent_digest) != 32:
             return "bad parent digest"
-        return hashlib.sha256(seq.to_bytes(8, "little") + parent_digest + payload).digest()
+        return hashlib.sha256(seq.to_bytes(8, "little") + parent_digest + header).digest()
+
+    def get_block_header(self, payload: bytes) -> bytes:
+        return SIM_HEADER_PREFIX + hashlib.sha256(payload).digest()
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,8 @@ class Scenario:
     partition_events: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
     # (tick, replicas): their nodes' request timers fire (SuspectPrimary) at that tick.
     suspicion_events: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # (start, end, src, dst, message class name): that link loses those messages meanwhile.
+    drop_events: tuple[tuple[int, int, int, int, str], ...] = ()
 
 
 def draw_suspicions(seed: int, n: int, chaos_ticks: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -190,6 +207,7 @@ class SimResult:
     views: dict[int, int] = field(default_factory=dict)
     evidence_against: tuple[int, ...] = ()
     fetches: int = 0
+    payload_requests: int = 0
 
     @property
     def ok(self) -> bool:
@@ -235,6 +253,7 @@ class Simulation:
         self.honest = [i for i in range(self.n) if i not in byz]
         self.evidence_against: set[int] = set()
         self.fetches = 0
+        self.payload_requests = 0
 
     def _new_replica(self, i: int) -> Replica:
         cfg = make_config(self.n, i, self.sc.unsafe_quorum_size)
@@ -263,9 +282,19 @@ class Simulation:
         self.counter += 1
         heapq.heappush(self.queue, (self.now + delay, self.counter, dst, event))
 
+    def _is_dropped(self, src: int, dst: int, message: PeerMessage) -> bool:
+        name = type(message).__name__
+        return any(
+            start <= self.now < end and (src, dst, name) == (s, d, kind)
+            for start, end, s, d, kind in self.sc.drop_events
+        )
+
     def _send(self, src: int, dst: int, message: PeerMessage) -> None:
-        if dst == src or not self._connected(src, dst):
+        if dst == src or not self._connected(src, dst) or self._is_dropped(src, dst, message):
             return
+        if isinstance(message, PayloadRequest):
+            self.payload_requests += 1
+            self._log(f"r{src} asks r{dst} for the payload at seq={message.seq}")
         self.messages += 1
         chaos = self._in_chaos()
         if chaos and self.rng.random() < self.sc.loss_rate:
@@ -348,7 +377,7 @@ class Simulation:
             yield message
             return
         auth = self.nodes[i].replica.auth
-        if kind == "silent":
+        if kind == "silent" or (kind == "withhold" and isinstance(message, PayloadReply)):
             return
         # The equivocating primary splits the backups so neither block can reach a quorum.
         if kind == "equivocate" and isinstance(message, PrePrepare) and dst >= self.n // 2:
@@ -379,7 +408,7 @@ class Simulation:
             return
         auth = node.replica.auth
         view, seq = node.replica.view, node.replica.last_delivered_seq + 1
-        choice = self.rng.randrange(6)
+        choice = self.rng.randrange(8)
         junk: PeerMessage
         if choice == 0:
             junk = Vote(PHASE_PREPARE, view, seq, b"short", i, b"sig")
@@ -393,9 +422,15 @@ class Simulation:
         elif choice == 4:
             vc = ViewChange(view + 1, 5, b"\x04" * 32, (), (), i, b"")
             junk = replace(vc, signature=auth.sign(vc))
-        else:
+        elif choice == 5:
             checkpoint = Checkpoint(seq * 4, b"\x05" * 32, i, b"")
             junk = replace(checkpoint, signature=auth.sign(checkpoint))
+        elif choice == 6:  # unasked, and not the block the digest names
+            reply = PayloadReply(seq, b"\x06" * 32, SIM_PAYLOAD_PREFIX + b"junk", i, b"")
+            junk = replace(reply, signature=auth.sign(reply))
+        else:
+            request = PayloadRequest(seq, b"\x07" * 31, i, b"")
+            junk = replace(request, signature=auth.sign(request))
         self._send(i, dst, junk)
 
     # ---- main loop ----------------------------------------------------------------------
@@ -514,6 +549,7 @@ class Simulation:
             {i: node.replica.view for i, node in enumerate(self.nodes)},
             tuple(sorted(self.evidence_against)),
             self.fetches,
+            self.payload_requests,
         )
 
 

@@ -27,10 +27,14 @@ from node import runtime
 from node.codec import (
     DEFAULT_LIMITS,
     Block,
+    BlockHeader,
     DecodeError,
     Limits,
     decode_block,
+    decode_block_header,
+    decode_block_header_of,
     decode_tx,
+    encode_block_header,
     encode_consensus_message,
     get_block_hash,
     get_tx_hash,
@@ -129,6 +133,33 @@ class BlockChecker:
             self.rejections[key] = self.rejections.get(key, 0) + 1
         return result
 
+    def validate_header(self, seq: int, parent_digest: bytes, header: bytes) -> bytes | str:
+        """A header alone, as a VIEW-CHANGE carries it: well formed, on this chain, for
+        slot ``seq`` over ``parent_digest``. Its transactions were checked by the replicas
+        whose votes come with it."""
+        try:
+            decoded = decode_block_header(header, self.context.limits, self.context.chain_id)
+        except DecodeError as exc:
+            result: bytes | str = f"decode: {exc}"
+        else:
+            result = self._check_header(seq, parent_digest, decoded) or get_block_hash(decoded)
+        if isinstance(result, str):
+            key = result.split(":", 1)[0]
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+        return result
+
+    def get_block_header(self, payload: bytes) -> bytes:
+        return encode_block_header(decode_block_header_of(payload, self.context.limits))
+
+    def _check_header(self, seq: int, parent_digest: bytes, header: BlockHeader) -> str | None:
+        if header.height != seq:
+            return f"height: block height {header.height} in slot {seq}"
+        if header.parent_hash != parent_digest:
+            return f"{REASON_PARENT_HASH}: the block's parent is not the slot's parent"
+        if not 0 <= header.proposer_index < self.context.validator_count:
+            return f"proposer_index: {header.proposer_index} out of range"
+        return None
+
     def _check(self, seq: int, parent_digest: bytes, payload: bytes) -> bytes | str:
         if len(payload) > self.block_size_max_bytes:
             return f"too_large: {len(payload)} bytes over {self.block_size_max_bytes}"
@@ -140,12 +171,9 @@ class BlockChecker:
         except DecodeError as exc:
             return f"decode: {exc}"
         header = block.header
-        if header.height != seq:
-            return f"height: block height {header.height} in slot {seq}"
-        if header.parent_hash != parent_digest:
-            return f"{REASON_PARENT_HASH}: the block's parent is not the slot's parent"
-        if not 0 <= header.proposer_index < self.context.validator_count:
-            return f"proposer_index: {header.proposer_index} out of range"
+        problem = self._check_header(seq, parent_digest, header)
+        if problem is not None:
+            return problem
         digest = get_block_hash(header)
         parent_state = self.get_state(parent_digest)
         if parent_state is not None and digest not in self._applied:

@@ -873,6 +873,16 @@ def decode_block_header(
     return header
 
 
+@_decoder
+def decode_block_header_of(data: bytes, limits: Limits = DEFAULT_LIMITS) -> BlockHeader:
+    """The header at the start of an encoded block, without reading its transactions
+    (a VIEW-CHANGE proves a block by its header: the block digest is the header's hash)."""
+    r = Reader(_as_input(data, limits.block_size_max_bytes, "block"))
+    r.read_header(KIND_BLOCK, "block")
+    header: BlockHeader = _HEADER_PLAN.decode(r, limits)
+    return header
+
+
 def get_block_hash(header: BlockHeader) -> bytes:
     return sha256(encode_block_header(header))
 

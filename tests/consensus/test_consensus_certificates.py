@@ -1,14 +1,25 @@
-import pytest
-from consensus_helpers import GENESIS, make_block, make_certificate, sign_vote
+import dataclasses
 
-from consensus.certificates import verify_commit_certificate, verify_evidence
+import pytest
+from consensus_helpers import GENESIS, VALIDATOR, make_block, make_certificate, sign_vote
+
+from consensus.certificates import (
+    compute_prepared_proof,
+    verify_commit_certificate,
+    verify_evidence,
+    verify_prepared_proof,
+)
 from consensus.config import ReplicaConfig
 from consensus.messages import (
     MESSAGE_TYPES,
     PHASE_COMMIT,
+    PHASE_PRE_PREPARE,
     PHASE_PREPARE,
     CommitCertificate,
     Evidence,
+    PreparedCertificate,
+    PreparedProof,
+    PrePrepare,
 )
 from consensus.sim import SimAuthenticator
 
@@ -74,3 +85,38 @@ def test_evidence_requires_two_valid_conflicting_votes() -> None:
         AUTH, 4, Evidence(a, sign_vote(2, PHASE_PREPARE, 0, 6, b"\x02" * 32))
     )
     assert not verify_evidence(AUTH, 4, Evidence(a, b.__class__(2, 0, 5, b"\x02" * 32, 2, b"x")))
+
+
+def _make_proof(seq: int = 1, parent: bytes = GENESIS, view: int = 0) -> PreparedProof:
+    payload, digest = make_block(seq, parent)
+    header = VALIDATOR.get_block_header(payload)
+    prepares = tuple(sign_vote(s, PHASE_PREPARE, view, seq, digest) for s in (1, 2))
+    return PreparedProof(sign_vote(view % 4, PHASE_PRE_PREPARE, view, seq, digest), parent,
+                         header, prepares)
+
+
+def test_a_prepared_proof_binds_its_parent_through_the_header() -> None:
+    """A VIEW-CHANGE carries no payload: the header is what ties the claimed parent to the
+    voted digest, so a sender cannot cut the re-proposed chain by naming another parent."""
+    config = ReplicaConfig(n=4, index=0)
+    proof = _make_proof()
+    assert verify_prepared_proof(AUTH, config, VALIDATOR, proof)
+    other_parent = dataclasses.replace(proof, parent_digest=b"\x01" * 32)
+    assert not verify_prepared_proof(AUTH, config, VALIDATOR, other_parent)
+    other_payload, _ = make_block(1, GENESIS, b"b")
+    other_header = dataclasses.replace(proof, header=VALIDATOR.get_block_header(other_payload))
+    assert not verify_prepared_proof(AUTH, config, VALIDATOR, other_header)
+    payload, _ = make_block(1, GENESIS)
+    payload_as_header = dataclasses.replace(proof, header=payload)
+    assert not verify_prepared_proof(AUTH, config, VALIDATOR, payload_as_header)
+    too_few = dataclasses.replace(proof, prepares=proof.prepares[:1])
+    assert not verify_prepared_proof(AUTH, config, VALIDATOR, too_few)
+
+
+def test_a_prepared_proof_is_the_certificate_without_its_payload() -> None:
+    payload, digest = make_block(1, GENESIS)
+    pre_prepare = PrePrepare(sign_vote(0, PHASE_PRE_PREPARE, 0, 1, digest), GENESIS, payload)
+    prepares = tuple(sign_vote(s, PHASE_PREPARE, 0, 1, digest) for s in (1, 2))
+    proof = compute_prepared_proof(VALIDATOR, PreparedCertificate(pre_prepare, prepares))
+    assert proof == _make_proof()
+    assert payload not in repr(proof).encode()

@@ -1,5 +1,6 @@
 """Simulator runs: many seeds, named scenarios, and proof that the simulator can fail."""
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -164,3 +165,44 @@ def test_fewer_than_f_plus_one_suspicions_keep_the_view() -> None:
 def test_a_primary_ignores_suspicion_of_itself() -> None:
     result = run(Scenario(seed=15, n=4, suspicion_events=((30, (0,)),), chaos_ticks=60))
     assert set(result.views.values()) == {0}  # type: ignore[attr-defined]
+
+
+def _payload_askers(result: object) -> set[str]:
+    trace = result.trace  # type: ignore[attr-defined]
+    return {match[1] for line in trace if (match := re.search(r" (r\d+) asks r", line))}
+
+
+def test_a_new_primary_fetches_payloads_it_never_received() -> None:
+    """Replica 1 gets none of view 0's pre-prepares; 2 and 3 prepare blocks that the crash
+    of primary 0 leaves uncommitted. The VIEW-CHANGEs prove those blocks by header only,
+    so the new primary 1 asks for their payloads by digest before its NEW-VIEW, and the
+    chain goes on with them."""
+    drops = ((0, 60, 0, 1, "PrePrepare"),)
+    result = run(
+        Scenario(seed=16, n=4, drop_events=drops, crash_events=((31, "crash", 0),), chaos_ticks=60)
+    )
+    assert min(v for i, v in result.views.items() if i != 0) >= 1  # type: ignore[attr-defined]
+    assert "r1" in _payload_askers(result)
+    new_view_line = next(line for line in result.trace if "r1 view 1 -> 1 (normal)" in line)
+    first_ask = next(line for line in result.trace if "r1 asks" in line)
+    assert result.trace.index(first_ask) < result.trace.index(new_view_line)  # type: ignore[attr-defined]
+
+
+def test_a_withholding_holder_is_passed_over() -> None:
+    """The first holder the new primary asks (replica 2) never answers: after the fetch
+    timeout it asks the next one, and the view change completes (n = 7: a crash and a
+    withholder are within f = 2)."""
+    drops = ((0, 60, 0, 1, "PrePrepare"),)
+    result = run(
+        Scenario(
+            seed=17,
+            n=7,
+            byzantine=((2, "withhold"),),
+            drop_events=drops,
+            crash_events=((31, "crash", 0),),
+            chaos_ticks=60,
+        )
+    )
+    asks = [line for line in result.trace if "r1 asks" in line]  # type: ignore[attr-defined]
+    assert any("asks r2" in line for line in asks) and any("asks r2" not in line for line in asks)
+    assert min(v for i, v in result.views.items() if i != 0) >= 1  # type: ignore[attr-defined]

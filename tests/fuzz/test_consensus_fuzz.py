@@ -25,7 +25,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.certificates import verify_commit_certificate, verify_evidence
+from consensus.certificates import (
+    compute_prepared_proof,
+    verify_commit_certificate,
+    verify_evidence,
+)
 from consensus.events import (
     Action,
     BlocksFetched,
@@ -48,8 +52,11 @@ from consensus.messages import (
     Checkpoint,
     FetchedBlock,
     NewView,
+    PayloadReply,
+    PayloadRequest,
     PeerMessage,
     PreparedCertificate,
+    PreparedProof,
     PrePrepare,
     Status,
     ViewChange,
@@ -223,6 +230,8 @@ def byzantine_message(draw: st.DrawFn, cluster: Cluster) -> tuple[int, PeerMessa
                 "status",
                 "view_change",
                 "new_view",
+                "payload_request",
+                "payload_reply",
                 "replay",
                 "random",
                 "codec",
@@ -267,6 +276,18 @@ def byzantine_message(draw: st.DrawFn, cluster: Cluster) -> tuple[int, PeerMessa
             if s <= U64_MAX
         )
         message = cluster.sign(NewView(view, (*vcs, own), votes, BYZ, b""))
+    elif kind == "payload_request":
+        message = cluster.sign(PayloadRequest(seq, digest, BYZ, b""))
+    elif kind == "payload_reply":
+        # An honest block's payload under its own digest or another, or junk.
+        pre_prepares = [m for _, m in cluster.seen if isinstance(m, PrePrepare)]
+        if pre_prepares and draw(st.booleans()):
+            pp = draw(st.sampled_from(pre_prepares))
+            seq, payload = pp.vote.seq, pp.payload
+            digest = pp.vote.digest if draw(st.booleans()) else digest
+        else:
+            payload = SIM_PAYLOAD_PREFIX + draw(st.binary(max_size=8))
+        message = cluster.sign(PayloadReply(seq, digest, payload, BYZ, b""))
     elif kind == "replay" and cluster.seen:
         sender, message = draw(st.sampled_from(cluster.seen))
         # Replayed by the Byzantine peer (signer != sender) or duplicated by the network.
@@ -299,10 +320,10 @@ def _replace_signed(message: PeerMessage, **changes: Any) -> PeerMessage:
 
 
 @st.composite
-def prepared_certificate(
-    draw: st.DrawFn, cluster: Cluster, view: int, seq: int
-) -> PreparedCertificate:
-    """Either a real honest pre-prepare with (some of) its prepares, or a fabricated one."""
+def prepared_certificate(draw: st.DrawFn, cluster: Cluster, view: int, seq: int) -> PreparedProof:
+    """A VIEW-CHANGE's proof of a prepared block: a real honest pre-prepare with (some of)
+    its prepares, or a fabricated one; sometimes with a parent or header that is not the
+    block's."""
     pre_prepares = [m for _, m in cluster.seen if isinstance(m, PrePrepare)]
     use_real: bool = draw(st.booleans())
     if pre_prepares and use_real:
@@ -314,19 +335,25 @@ def prepared_certificate(
             and m.phase == PHASE_PREPARE
             and (m.view, m.seq, m.digest) == (pp.vote.view, pp.vote.seq, pp.vote.digest)
         )[: draw(st.integers(0, 3))]
-        return PreparedCertificate(pp, prepares)
-    payload = SIM_PAYLOAD_PREFIX + draw(st.binary(max_size=6))
-    parent = draw(st.sampled_from(cluster.digests))
-    digest = cluster.validator.validate_block(seq, parent, payload)
-    assert isinstance(digest, bytes)
-    pp = PrePrepare(
-        cluster.sign(Vote(PHASE_PRE_PREPARE, view, seq, digest, BYZ, b"")), parent, payload
-    )
-    votes = tuple(
-        cluster.sign(Vote(PHASE_PREPARE, view, seq, digest, BYZ, b""))
-        for _ in range(draw(st.integers(0, 2)))
-    )
-    return PreparedCertificate(pp, votes)
+    else:
+        payload = SIM_PAYLOAD_PREFIX + draw(st.binary(max_size=6))
+        parent = draw(st.sampled_from(cluster.digests))
+        digest = cluster.validator.validate_block(seq, parent, payload)
+        assert isinstance(digest, bytes)
+        pp = PrePrepare(
+            cluster.sign(Vote(PHASE_PRE_PREPARE, view, seq, digest, BYZ, b"")), parent, payload
+        )
+        prepares = tuple(
+            cluster.sign(Vote(PHASE_PREPARE, view, seq, digest, BYZ, b""))
+            for _ in range(draw(st.integers(0, 2)))
+        )
+    proof = compute_prepared_proof(cluster.validator, PreparedCertificate(pp, prepares))
+    lie = draw(st.integers(0, 3))
+    if lie == 0:
+        proof = dataclasses.replace(proof, parent_digest=draw(st.sampled_from(cluster.digests)))
+    elif lie == 1:
+        proof = dataclasses.replace(proof, header=draw(st.binary(max_size=40)))
+    return proof
 
 
 @st.composite
