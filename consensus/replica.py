@@ -854,11 +854,15 @@ class Replica:
     def _check_view_change_quorum(self) -> None:
         if self.active:
             return
+        # The timer runs once a quorum wants this view or a later one: a replica that timed
+        # out into view v+1 no longer counts for v, so waiting for a quorum at exactly v
+        # could leave the rest short of one forever, each side waiting on the other.
+        wanting = sum(1 for vc in self.view_changes.values() if vc.new_view >= self.view)
+        if wanting >= self.config.quorum and self.view_change_deadline_tick is None:
+            self.view_change_deadline_tick = self.now_tick + self._get_timeout_ticks()
         voters = [vc for vc in self.view_changes.values() if vc.new_view == self.view]
         if len(voters) < self.config.quorum:
             return
-        if self.view_change_deadline_tick is None:
-            self.view_change_deadline_tick = self.now_tick + self._get_timeout_ticks()
         if self.config.get_primary(self.view) != self.me or self.own_view_change is None:
             return
         others = sorted(

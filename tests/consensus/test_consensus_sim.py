@@ -8,7 +8,9 @@ import pytest
 from consensus.sim import Scenario, Simulation, run_seed
 
 # Seeds that once failed become regression tests here (seed, n).
-REGRESSION_SEEDS: tuple[tuple[int, int | None], ...] = ()
+REGRESSION_SEEDS: tuple[tuple[int, int | None], ...] = (
+    (2714, None),  # view-change timer deadlock: test_a_replica_a_view_ahead_is_caught_up_with
+)
 
 CHUNK = 50
 
@@ -206,3 +208,23 @@ def test_a_withholding_holder_is_passed_over() -> None:
     asks = [line for line in result.trace if "r1 asks" in line]  # type: ignore[attr-defined]
     assert any("asks r2" in line for line in asks) and any("asks r2" not in line for line in asks)
     assert min(v for i, v in result.views.items() if i != 0) >= 1  # type: ignore[attr-defined]
+
+
+def test_a_replica_a_view_ahead_is_caught_up_with() -> None:
+    """Seed 2714: replica 2 is silent; 3's VIEW-CHANGE to view 1 is lost and a partition
+    holds its retransmissions. Replica 0 sees a quorum for view 1, times out and moves to
+    view 2 alone; by the time 3's arrives, 1 and 3 count 0 for view 2, not 1, so neither
+    view has a quorum and, waiting for exactly one, nobody's timer ran. Now the timer runs
+    once a quorum wants the view or a later one, and 1 and 3 follow 0."""
+    scenario = Scenario(
+        seed=2714,
+        n=4,
+        byzantine=((2, "silent"),),
+        loss_rate=0.05,
+        delay_max_ticks=2,
+        chaos_ticks=208,
+        partition_events=((39, 74, (2, 3)),),
+        suspicion_events=((181, (2,)),),
+    )
+    result = run(scenario)
+    assert min(result.views.values()) >= 2  # type: ignore[attr-defined]
