@@ -180,11 +180,12 @@ FETCHED_BLOCK_OTHER_PARENT = f"fetched block rejected: {REASON_PARENT_HASH}"
 # Frames carry whole blocks (PRE-PREPARE, catch-up), so a block leaves room in a frame.
 BLOCK_SIZE_CAP_BYTES = FRAME_SIZE_MAX_BYTES // 4
 RESPONSE_BUDGET_BYTES = FRAME_SIZE_MAX_BYTES - 64 * 1024
-# A NEW-VIEW holds a quorum of VIEW-CHANGEs with their payloads: at n = 16, 11 copies of
-# 16 checkpoint-interval blocks of 4 MiB are 704 MiB. Records this node wrote decode up to
-# this (the digest-only view change of docs/node.md's gap list would make it moot).
+# Records this node wrote decode up to this. Today's largest is a block with its votes, or
+# a NEW-VIEW of ~1.2 MB at n = 16; one written before view change became digest-only held a
+# quorum of copies of every payload above the checkpoint (at n = 16, 11 copies of 16 blocks
+# of 4 MiB: 704 MiB), and a node upgraded with one in its log must still start.
 WAL_RECORD_SIZE_MAX_BYTES = 1024 * 1024 * 1024
-# What the oversize warning calls the messages that can outgrow a frame.
+# What the oversize warning calls the view-change messages.
 OVERSIZE_MESSAGE_NAMES: dict[type, str] = {ViewChange: "VIEW-CHANGE", NewView: "NEW-VIEW"}
 EVIDENCE_KEPT_MAX = 64
 EVIDENCE_REPORTED_MAX = 1024
@@ -572,9 +573,9 @@ class Driver:
         self._flush_persist()
 
     def _check_frame_size(self, message: PeerMessage, size: int) -> None:
-        """Say once per view why a view change cannot complete: its VIEW-CHANGE or NEW-VIEW
-        carries every payload prepared above the stable checkpoint (NEW-VIEW a quorum of
-        copies), and past the frame limit the transport drops it, counted only."""
+        """Say once per message kind and view that a message is over the frame limit: the
+        transport drops it, counted only. None is expected (view change is digest-only and
+        a block is bounded below the limit), so this names a bound that did not hold."""
         if size <= self.frame_size_max_bytes:
             return
         kind = OVERSIZE_MESSAGE_NAMES.get(type(message), type(message).__name__)
@@ -588,10 +589,8 @@ class Driver:
             return
         self.oversize_warned = (kind, view)
         logger.error(
-            "%s for view %d is %d bytes, over the %d-byte frame limit: no peer receives it. "
-            "It carries the blocks prepared above the stable checkpoint (seq %d), a NEW-VIEW "
-            "once per VIEW-CHANGE in it, and while they are this large the view change "
-            "cannot complete (docs/node.md, Known gaps)",
+            "%s for view %d is %d bytes, over the %d-byte frame limit: no peer receives it "
+            "(stable checkpoint at seq %d); please report it with this line",
             kind, view, size, self.frame_size_max_bytes, self.replica.low_seq)
 
     def _check_genesis_mismatch(self, reason: str) -> None:
