@@ -34,6 +34,7 @@ from node.codec import (
     decode_block,
     decode_consensus_message,
     encode_block,
+    encode_block_header,
     encode_consensus_message,
     get_block_hash,
     get_tx_hash,
@@ -151,6 +152,27 @@ def test_block_checker_accepts_a_valid_block_and_names_each_fault() -> None:
         block, header=dataclasses.replace(block.header, chain_id="other")
     )
     assert checker.validate_block(1, genesis_hash, encode_block(other_chain)).startswith("decode")
+
+
+def test_block_checker_checks_a_header_alone_as_a_view_change_carries_it() -> None:
+    """A VIEW-CHANGE proves a block by its header: the digest a valid header gives is the
+    block's, and a header for another slot, parent or chain, or not a header, is refused."""
+    checker, genesis_hash, payload = _make_checker()
+    block = decode_block(payload)
+    header = checker.get_block_header(payload)
+    assert header == encode_block_header(block.header) and len(header) < len(payload)
+    assert checker.validate_header(1, genesis_hash, header) == get_block_hash(block.header)
+    assert checker.validate_block(1, genesis_hash, payload) == get_block_hash(block.header)
+    assert checker.validate_header(2, genesis_hash, header).startswith("height")
+    assert checker.validate_header(1, b"\x07" * 32, header).startswith("parent_hash")
+    assert checker.validate_header(1, genesis_hash, payload).startswith("decode")
+    assert checker.validate_header(1, genesis_hash, header + b"\x00").startswith("decode")
+    other_chain = dataclasses.replace(block.header, chain_id="other")
+    assert checker.validate_header(1, genesis_hash, encode_block_header(other_chain)).startswith(
+        "decode")
+    far_proposer = dataclasses.replace(block.header, proposer_index=9)
+    assert checker.validate_header(1, genesis_hash, encode_block_header(far_proposer)).startswith(
+        "proposer_index")
 
 
 def test_block_checker_checks_the_tx_root_on_every_path() -> None:
