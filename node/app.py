@@ -127,7 +127,9 @@ class BlockChecker:
     # --- BlockValidator ------------------------------------------------------------
 
     def validate_block(self, seq: int, parent_digest: bytes, payload: bytes) -> bytes | str:
-        result = self._check(seq, parent_digest, payload)
+        return self._count_rejection(self._check(seq, parent_digest, payload))
+
+    def _count_rejection(self, result: bytes | str) -> bytes | str:
         if isinstance(result, str):
             key = result.split(":", 1)[0]
             self.rejections[key] = self.rejections.get(key, 0) + 1
@@ -143,10 +145,7 @@ class BlockChecker:
             result: bytes | str = f"decode: {exc}"
         else:
             result = self._check_header(seq, parent_digest, decoded) or get_block_hash(decoded)
-        if isinstance(result, str):
-            key = result.split(":", 1)[0]
-            self.rejections[key] = self.rejections.get(key, 0) + 1
-        return result
+        return self._count_rejection(result)
 
     def get_block_header(self, payload: bytes) -> bytes:
         return encode_block_header(decode_block_header_of(payload, self.context.limits))
