@@ -149,7 +149,7 @@ class Replica:
         # equivocating old primary, and a payload a NEW-VIEW may re-propose.
         self.previous_pre_prepares: dict[int, PrePrepare] = {}
         self.awaited: dict[int, _AwaitedPayload] = {}
-        self.fetched_payloads: dict[tuple[int, bytes], tuple[bytes, bytes]] = {}
+        self.fetched_payloads: dict[tuple[int, bytes], bytes] = {}
         self.payloads_served: dict[tuple[int, int], int] = {}
         self.unserved: set[int] = set()  # view-change senders that did not serve a payload
         self.prepared_certs: dict[int, PreparedCertificate] = {}
@@ -384,9 +384,8 @@ class Replica:
         if vote.digest != awaited.vote.digest:
             self._check_equivocation(awaited.vote, vote)
             return
-        if message.parent_digest != awaited.parent_digest or (
-            self.validator.validate_block(vote.seq, message.parent_digest, message.payload)
-            != awaited.digest
+        if message.parent_digest != awaited.parent_digest or not self._is_awaited_payload(
+            vote.seq, awaited, message.payload
         ):
             self._out.append(Discard(vote.signer, "invalid block"))
             return
@@ -642,8 +641,8 @@ class Replica:
 
     # ---- payloads by digest -------------------------------------------------------------
 
-    def _find_payload(self, seq: int, digest: bytes) -> tuple[bytes, bytes] | None:
-        """(parent digest, payload) of block ``digest`` at ``seq``, if this replica holds it."""
+    def _find_payload(self, seq: int, digest: bytes) -> bytes | None:
+        """The payload of block ``digest`` at ``seq``, if this replica holds it."""
         slot = self.slots.get(seq)
         cert = self.prepared_certs.get(seq)
         for pp in (
@@ -652,7 +651,7 @@ class Replica:
             self.previous_pre_prepares.get(seq),
         ):
             if pp is not None and pp.vote.digest == digest:
-                return pp.parent_digest, pp.payload
+                return pp.payload
         return self.fetched_payloads.get((seq, digest))
 
     @staticmethod
@@ -680,7 +679,7 @@ class Replica:
         proof: PreparedProof,
         holders: tuple[int, ...],
         vote: Vote | None,
-        ask_now: bool = True,
+        ask_now: bool,
     ) -> None:
         holders = tuple(h for h in holders if h != self.me)
         if not holders:
@@ -713,10 +712,14 @@ class Replica:
         if exhausted:
             self._check_view_change_quorum()
 
+    def _is_awaited_payload(self, seq: int, awaited: _AwaitedPayload, payload: bytes) -> bool:
+        digest = self.validator.validate_block(seq, awaited.parent_digest, payload)
+        return digest == awaited.digest
+
     def _fill_awaited(self, seq: int, payload: bytes) -> None:
         awaited = self.awaited.pop(seq)
         if awaited.vote is None:
-            self.fetched_payloads[(seq, awaited.digest)] = (awaited.parent_digest, payload)
+            self.fetched_payloads[(seq, awaited.digest)] = payload
             self._check_view_change_quorum()
             return
         slot = self.slots.setdefault(seq, Slot())
@@ -729,8 +732,8 @@ class Replica:
     def _on_payload_request(self, request: PayloadRequest) -> None:
         if request.signer == self.me:
             return
-        found = self._find_payload(request.seq, request.digest)
-        if found is None:
+        payload = self._find_payload(request.seq, request.digest)
+        if payload is None:
             self._out.append(Discard(request.signer, "payload request for a block not held"))
             return
         key = (request.signer, request.seq)
@@ -739,7 +742,7 @@ class Replica:
             self._out.append(Discard(request.signer, "payload request repeated too soon"))
             return
         self.payloads_served[key] = self.now_tick
-        body = PayloadReply(request.seq, request.digest, found[1], self.me, b"")
+        body = PayloadReply(request.seq, request.digest, payload, self.me, b"")
         self._out.append(Send(request.signer, replace(body, signature=self.auth.sign(body))))
 
     def _on_payload_reply(self, reply: PayloadReply) -> None:
@@ -747,8 +750,7 @@ class Replica:
         if awaited is None or reply.signer not in awaited.asked or reply.digest != awaited.digest:
             self._out.append(Discard(reply.signer, "payload not asked for"))
             return
-        digest = self.validator.validate_block(reply.seq, awaited.parent_digest, reply.payload)
-        if digest != awaited.digest:
+        if not self._is_awaited_payload(reply.seq, awaited, reply.payload):
             awaited.asked.discard(reply.signer)
             self._out.append(Discard(reply.signer, "payload does not match its digest"))
             return
@@ -889,16 +891,29 @@ class Replica:
         needed: set[int] = set()
         for proof in plan.blocks:
             seq, digest = proof.pre_prepare.seq, proof.pre_prepare.digest
-            if not self.low_seq < seq <= self.high_seq or self._find_payload(seq, digest):
+            in_window = self.low_seq < seq <= self.high_seq
+            if not in_window or self._find_payload(seq, digest) is not None:
                 continue
             needed.add(seq)
             awaited = self.awaited.get(seq)
             if awaited is None or awaited.digest != digest:
                 holders = self._get_payload_holders(seq, digest, chosen, None)
-                self._await_payload(seq, proof, holders, None)
+                self._await_payload(seq, proof, holders, None, ask_now=True)
         for seq in [s for s in self.awaited if s not in needed]:
             del self.awaited[seq]
         return not needed
+
+    def _load_re_proposal(
+        self, nv: NewView, vote: Vote, proof: PreparedProof, payload: bytes | None, ask_now: bool
+    ) -> None:
+        """A slot for a block the NEW-VIEW re-proposes: filled, or collecting votes while its
+        payload is asked for (the primary, which is asked first, holds every one)."""
+        if payload is not None:
+            self.slots[vote.seq] = Slot(pre_prepare=PrePrepare(vote, proof.parent_digest, payload))
+            return
+        self.slots[vote.seq] = Slot()
+        holders = self._get_payload_holders(vote.seq, vote.digest, nv.view_changes, nv.signer)
+        self._await_payload(vote.seq, proof, holders, vote, ask_now)
 
     def _on_new_view(self, nv: NewView) -> None:
         if nv.view < self.view or (self.active and nv.view == self.view):
@@ -928,13 +943,7 @@ class Replica:
             last_seq = vote.seq
             if not self.low_seq < vote.seq <= self.high_seq:
                 continue
-            if found is not None:
-                pre_prepare = PrePrepare(vote, proof.parent_digest, found[1])
-                self.slots[vote.seq] = Slot(pre_prepare=pre_prepare)
-                continue
-            self.slots[vote.seq] = Slot()  # collects votes while the payload is fetched
-            holders = self._get_payload_holders(vote.seq, vote.digest, nv.view_changes, nv.signer)
-            self._await_payload(vote.seq, proof, holders, vote)
+            self._load_re_proposal(nv, vote, proof, found, ask_now=True)
         if plan.base_seq > self.low_seq:
             if plan.base_seq <= self.last_delivered_seq:
                 if self.delivered_digests.get(plan.base_seq) == plan.base_digest:
@@ -1021,7 +1030,7 @@ class Replica:
         self.view = top_view
         self.installed_view = top_view
         self.view_base_seq, self.view_base_digest = self.low_seq, self.low_digest
-        own_pre_prepares: dict[tuple[int, bytes], PrePrepare] = {}
+        own_payloads: dict[tuple[int, bytes], bytes] = {}
         for record in records:
             if isinstance(record, PreparedCertificate):
                 seq = record.pre_prepare.vote.seq
@@ -1031,7 +1040,7 @@ class Replica:
                 ):
                     self.prepared_certs[seq] = record
             elif isinstance(record, PrePrepare):
-                own_pre_prepares[(record.vote.seq, record.vote.digest)] = record
+                own_payloads[(record.vote.seq, record.vote.digest)] = record.payload
         in_view_change = False
         for record in records:
             if _get_record_view(record) != top_view:
@@ -1043,7 +1052,7 @@ class Replica:
             elif isinstance(record, NewView):
                 in_view_change = False
                 self.new_view_message = record
-                self._restore_new_view(record, own_pre_prepares)
+                self._restore_new_view(record, own_payloads)
             elif isinstance(record, PrePrepare):
                 in_view_change = False
                 if record.vote.seq > self.low_seq:
@@ -1062,7 +1071,7 @@ class Replica:
         self.awaited = {s: a for s, a in self.awaited.items() if s in self.slots}
 
     def _restore_new_view(
-        self, nv: NewView, own_pre_prepares: dict[tuple[int, bytes], PrePrepare]
+        self, nv: NewView, own_payloads: dict[tuple[int, bytes], bytes]
     ) -> None:
         """Reload the pre-prepares this replica signed in its NEW-VIEW, so that after a crash
         it never proposes a different block for a seq it already re-proposed. A payload it
@@ -1072,16 +1081,9 @@ class Replica:
         for vote, proof in zip(nv.pre_prepares, plan.blocks, strict=True):
             self.next_proposal_seq = max(self.next_proposal_seq, vote.seq + 1)
             found = self._find_payload(vote.seq, vote.digest)
-            if found is None and (vote.seq, vote.digest) in own_pre_prepares:
-                own = own_pre_prepares[(vote.seq, vote.digest)]
-                found = own.parent_digest, own.payload
-            if found is not None:
-                pre_prepare = PrePrepare(vote, proof.parent_digest, found[1])
-                self.slots[vote.seq] = Slot(pre_prepare=pre_prepare)
-                continue
-            self.slots[vote.seq] = Slot()
-            holders = self._get_payload_holders(vote.seq, vote.digest, nv.view_changes, None)
-            self._await_payload(vote.seq, proof, holders, vote, ask_now=False)
+            if found is None:
+                found = own_payloads.get((vote.seq, vote.digest))
+            self._load_re_proposal(nv, vote, proof, found, ask_now=False)
 
     # ---- invariants ---------------------------------------------------------------------
 

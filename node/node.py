@@ -406,9 +406,9 @@ class Driver:
         self.clock = clock
         self.wall_ms = wall_ms
         self.limits = limits
-        # This node's own write-ahead records are not a peer's bytes: a NEW-VIEW it built
-        # may exceed the frame-sized message limit (docs/node.md, Known gaps), and a node
-        # must still restart from what it wrote.
+        # This node's own write-ahead records are not a peer's bytes: one written before
+        # view change became digest-only may exceed the frame-sized message limit, and a
+        # node must still restart from what it wrote.
         self.wal_limits = dataclasses.replace(
             limits, message_size_max_bytes=max(limits.message_size_max_bytes,
                                                WAL_RECORD_SIZE_MAX_BYTES))
